@@ -1,0 +1,36 @@
+# edgevlp: two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Only python3, make, a C++ compiler and the package registries are needed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first, pinned: a bare `torch` requirement resolved from scratch pulls a
+# multi-GB CUDA build. The project's extras only ask for torch>=2.4, which this satisfies.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.edgevlp-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml CMakeLists.txt $(wildcard runtime/*.cpp runtime/*.h)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	$(BIN)/python -c "import edgevlp._preprocess, torch, transformers; print('edgevlp installed: torch', torch.__version__, '| transformers', transformers.__version__)"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/python apps/demo.py
+
+bench: install
+	$(BIN)/python benchmarks/preprocess.py
+
+clean:
+	rm -rf build dist .pytest_cache .hypothesis demo-out
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from edgevlp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,236 @@
+"""The ``edgevlp`` command line: one verb per pipeline stage.
+
+Heavy modules (torch, transformers, onnx) are imported inside the verb that needs them, so
+``edgevlp --help`` stays fast. Exit codes: 0 ok, 1 :class:`~edgevlp.errors.EdgeVLPError`, 2 usage
+error, 3 verb not available yet, 70 internal error, 130 interrupted. Tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgevlp import __version__
+from edgevlp.errors import EdgeVLPError, NotAvailableYet
+
+__all__ = ["main", "build_parser"]
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A subcommand: its one-line help, examples, argument builder and handler."""
+
+    name: str
+    help: str
+    examples: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+def _not_available(verb: str, issue: int, what: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        raise NotAvailableYet(f"`edgevlp {verb}` is not available yet: {what} lands with issue #{issue}")
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------- info
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="model directory, demo-zoo name or hub id (bundles: once export lands)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if (Path(args.path) / "manifest.json").is_file():
+        raise NotAvailableYet(
+            f"{args.path} is a bundle; bundle inspection lands with the exporter (issue #4)"
+        )
+    from edgevlp.models import inspect_model
+
+    inspect_model(args.path)  # fail fast (no torch import) on bad paths, configs, architectures
+    from edgevlp.models import load_model
+
+    summary = load_model(args.path).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(_format_model_summary(summary))
+    return 0
+
+
+def _format_model_summary(s: dict[str, Any]) -> str:
+    pre = s["preprocessing"]
+    lines = [
+        f"model        {s['source']}",
+        f"family       {s['family']} ({s['architecture']}), task: {s['task']}",
+        f"parameters   {s['parameters']:,}",
+    ]
+    width = max(len(p["name"]) for p in s["parts"])
+    for part in s["parts"]:
+        cache = " [KV cache]" if part["kv_cache"] else ""
+        lines.append(f"  {part['name']:<{width}}  {part['parameters']:>14,}  {part['description']}{cache}")
+    crop = f", crop {pre['crop'][0]}x{pre['crop'][1]}" if pre["crop"] else ""
+    pad = f", pad {pre['pad_value']}" if pre["resize_mode"] in ("pad_square", "letterbox") else ""
+    lines += [
+        f"image        {s['image_size'][0]}x{s['image_size'][1]} {pre['channel_order']}, "
+        f"resize {pre['resize_mode']} ({pre['interpolation']}){crop}{pad}",
+        f"normalise    x*{pre['rescale']:.6g}, mean {_fmt3(pre['mean'])}, std {_fmt3(pre['std'])}",
+    ]
+    tok = s["tokenizer"]
+    specials = ", ".join(f"{k}={v}" for k, v in tok["special_tokens"].items())
+    lines.append(f"tokenizer    {tok['type']}, {tok['vocab_size']:,} tokens ({specials})")
+    if "generation" in s:
+        lines.append("generation   " + ", ".join(f"{k}={v}" for k, v in s["generation"].items()))
+    return "\n".join(lines)
+
+
+def _fmt3(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+
+
+# ------------------------------------------------------------------------------ planned verbs
+def _compress_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model dir, demo-zoo name or hub id")
+    p.add_argument("--recipe", required=True, help="TOML recipe (see recipes/)")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--calib", help="calibration source: shapes:train, a folder of images, coco:PATH")
+    p.add_argument("--teacher", help="teacher model for distillation (default: the input model)")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model dir, demo-zoo name, hub id or `edgevlp compress` output")
+    p.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    p.add_argument("--target", required=True, choices=["cpu", "openvino", "jetson", "laptop-gpu"])
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--profile", help="target profile TOML (export/targets/NAME.toml)")
+    p.add_argument("--opset", type=int, help="ONNX opset")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--skip-parity", action="store_true", help="skip the parity check (bundle unverified)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundles", nargs="+", help="one captioner and/or one detector bundle")
+    p.add_argument("--source", required=True, help="camera index, file, rtsp://..., csi://N, GStreamer")
+    p.add_argument("--prompts", help='comma-separated detection prompts, e.g. "red circle, person"')
+    p.add_argument("--headless", action="store_true", help="no window; write --output files")
+    p.add_argument("--output", help="directory for annotated.mp4, log.jsonl and summary.json")
+    p.add_argument("--max-frames", type=int)
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("targets", nargs="*", help="models or bundles to measure")
+    p.add_argument("--data", default="shapes:val", help="evaluation data")
+    p.add_argument("--backends", help="comma-separated backends")
+    p.add_argument("--precisions", help="comma-separated precisions")
+    p.add_argument("--output", help="directory for the table, bench.json and plot")
+    p.add_argument("--preprocess", action="store_true", help="compare preprocessing implementations")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="model or bundle")
+    p.add_argument("--data", default="shapes:val", help="shapes:val | shapes:heldout | coco:PATH")
+    p.add_argument("--json", dest="json_out", help="write the metrics as JSON to this file")
+
+
+def _zoo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", default="list", choices=["list", "train"])
+    p.add_argument("name", nargs="?", help="demo model name (for train)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--out")
+
+
+VERBS: tuple[Verb, ...] = (
+    Verb("compress", "prune, distil and quantise a model from a TOML recipe",
+         "  edgevlp compress demo-blip --recipe recipes/prune30-kd-int8.toml -o out/blip-int8\n"
+         "  edgevlp compress ./my-owlvit --recipe recipes/int8-ptq.toml --calib ./frames -o out/owl",
+         _compress_args, _not_available("compress", 8, "compression")),
+    Verb("export", "export a model to a self-describing bundle (ONNX, OpenVINO IR, TensorRT-ready)",
+         "  edgevlp export demo-blip -o bundles/blip-cpu --target cpu\n"
+         "  edgevlp export out/blip-int8 -o bundles/blip-orin --target jetson "
+         "--profile export/targets/jetson-orin-nano.toml",
+         _export_args, _not_available("export", 4, "the exporter")),
+    Verb("run", "run the camera app on bundles (captioning and/or detection)",
+         "  edgevlp run bundles/blip-cpu bundles/owl-cpu --source 0 --prompts \"person, cup\"\n"
+         "  edgevlp run bundles/owl-cpu --source clip.mp4 --headless --output out/run",
+         _run_args, _not_available("run", 9, "the camera app")),
+    Verb("bench", "measure accuracy x latency per backend and precision",
+         "  edgevlp bench bundles/blip-cpu bundles/blip-int8 --data shapes:val --output out/bench\n"
+         "  edgevlp bench --preprocess",
+         _bench_args, _not_available("bench", 9, "benchmarking")),
+    Verb("eval", "score a model or bundle (BLEU-4/CIDEr, COCO mAP)",
+         "  edgevlp eval demo-blip --data shapes:val\n"
+         "  edgevlp eval bundles/owl-cpu --data shapes:heldout --json out/owl.json",
+         _eval_args, _not_available("eval", 7, "evaluation")),
+    Verb("info", "describe a model directory: family, parts, parameters, preprocessing, tokenizer",
+         "  edgevlp info ./blip-image-captioning-base\n"
+         "  edgevlp info demo-owlvit --json",
+         _info_args, _run_info),
+    Verb("zoo", "list or train the shipped demo models",
+         "  edgevlp zoo\n"
+         "  edgevlp zoo train demo-blip --steps 2000 --out out/demo-blip",
+         _zoo_args, _not_available("zoo", 7, "the demo zoo")),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (one subparser per verb)."""
+    parser = argparse.ArgumentParser(
+        prog="edgevlp",
+        description="Compress, export and run vision-language models on the edge.",
+        epilog="examples:\n" + "\n".join(v.examples.splitlines()[0] for v in VERBS)
+        + "\n\n`edgevlp VERB --help` shows each verb's options and examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgevlp {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        p = sub.add_parser(verb.name, help=verb.help, description=verb.help,
+                           epilog="examples:\n" + verb.examples,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
+        verb.add_arguments(p)
+        p.set_defaults(run=verb.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edgevlp`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except EdgeVLPError as err:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(err).split())
+        print(f"edgevlp {args.verb}: error: {message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"edgevlp {args.verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the CLI never shows a traceback without --debug
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        print(f"edgevlp {args.verb}: internal error: {message} (re-run with --debug for the "
+              "traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The adapter contract: what every model family tells the rest of edgevlp.
+
+An adapter wraps one loaded ``transformers`` model with its processor config and fast tokenizer and
+names its deployable parts. Export, compression and ``edgevlp info`` only talk to adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+
+from edgevlp.errors import ModelLoadError
+from edgevlp.spec import PreprocessSpec
+
+__all__ = ["PartSpec", "ModelAdapter", "CaptionerAdapter", "DetectorAdapter"]
+
+PROCESSOR_FILE = "preprocessor_config.json"
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """A deployable part of a model: the parameters under ``prefixes`` belong to it.
+
+    ``kind`` is one of ``vision_encoder``, ``text_decoder``, ``text_encoder``, ``detection_heads``.
+    """
+
+    name: str
+    kind: str
+    prefixes: tuple[str, ...]
+    kv_cache: bool = False
+    description: str = ""
+
+
+class ModelAdapter(ABC):
+    """One loaded model of a registered family.
+
+    Example:
+        >>> from edgevlp.models import load_model
+        >>> adapter = load_model("demo-blip")            # doctest: +SKIP
+        >>> adapter.parameter_counts()["total"]          # doctest: +SKIP
+    """
+
+    family: ClassVar[str]
+    architecture: ClassVar[str]
+    task: ClassVar[str]  # "caption" | "detect"
+    parts: ClassVar[tuple[PartSpec, ...]]
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        processor_config: dict[str, Any],
+        tokenizer: PreTrainedTokenizerFast,
+        source: str,
+    ) -> None:
+        self.model = model.eval()
+        self.processor_config = dict(processor_config)
+        self.tokenizer = tokenizer
+        self.source = source
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    @abstractmethod
+    def model_class(cls) -> type[PreTrainedModel]:
+        """The ``transformers`` class this family loads with."""
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Path, *, source: str | None = None) -> "ModelAdapter":
+        """Load weights (safetensors only), processor config and fast tokenizer from ``model_dir``."""
+        model_dir = Path(model_dir)
+        if not any(model_dir.glob("*.safetensors")):
+            raise ModelLoadError(
+                f"{model_dir} has no *.safetensors weights; edgevlp never unpickles .bin files - "
+                "convert with model.save_pretrained(dir, safe_serialization=True)"
+            )
+        try:
+            model = cls.model_class().from_pretrained(model_dir, use_safetensors=True)
+        except Exception as err:  # noqa: BLE001 - transformers raises many types for bad checkpoints
+            raise ModelLoadError(f"could not load {cls.architecture} from {model_dir}: {err}") from None
+        processor_path = model_dir / PROCESSOR_FILE
+        if not processor_path.is_file():
+            raise ModelLoadError(
+                f"{model_dir} has no {PROCESSOR_FILE}, so the image preprocessing is unknown; save the "
+                "model's image processor there (processor.save_pretrained(dir))"
+            )
+        try:
+            processor_config = json.loads(processor_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ModelLoadError(f"{processor_path} is not valid JSON ({err})") from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
+        except Exception as err:  # noqa: BLE001
+            raise ModelLoadError(f"could not load the tokenizer from {model_dir}: {err}") from None
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelLoadError(
+                f"the tokenizer in {model_dir} is not a fast tokenizer; the runtime needs tokenizer.json "
+                "(save a PreTrainedTokenizerFast there)"
+            )
+        return cls(model, processor_config=processor_config, tokenizer=tokenizer,
+                   source=source or str(model_dir))
+
+    @classmethod
+    @abstractmethod
+    def tiny(cls, seed: int = 0) -> "ModelAdapter":
+        """A tiny randomly initialised model of this family whose outputs depend on its input."""
+
+    def save_pretrained(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write config, safetensors weights, tokenizer and processor config (loadable again)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        (out / PROCESSOR_FILE).write_text(json.dumps(self.processor_config, indent=2) + "\n")
+        return out
+
+    # ---------------------------------------------------------------------------------- contracts
+    def preprocess_spec(self) -> PreprocessSpec:
+        """Image size, resize mode, rescale and mean/std, from the processor config."""
+        return PreprocessSpec.from_processor_config(self.processor_config, source=self.source)
+
+    def save_tokenizer(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write the fast tokenizer as ``out_dir/tokenizer.json`` (all the runtime needs)."""
+        path = Path(out_dir) / "tokenizer.json"
+        self.tokenizer.backend_tokenizer.save(str(path))
+        return path
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part (first matching prefix wins), ``other`` for the rest, and ``total``.
+
+        ``total`` equals ``sum(p.numel() for p in model.parameters())``.
+        """
+        counts = {part.name: 0 for part in self.parts}
+        other = 0
+        for name, param in self.model.named_parameters():
+            for part in self.parts:
+                if name.startswith(part.prefixes):
+                    counts[part.name] += param.numel()
+                    break
+            else:
+                other += param.numel()
+        if other:
+            counts["other"] = other
+        counts["total"] = sum(p.numel() for p in self.model.parameters())
+        return counts
+
+    def tokenizer_summary(self) -> dict[str, Any]:
+        tok = self.tokenizer
+        backend = json.loads(tok.backend_tokenizer.to_str())
+        return {
+            "type": backend.get("model", {}).get("type", "unknown"),
+            "vocab_size": tok.backend_tokenizer.get_vocab_size(with_added_tokens=True),
+            "special_tokens": {k: v for k, v in tok.special_tokens_map.items() if isinstance(v, str)},
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Everything ``edgevlp info`` prints, JSON-ready."""
+        counts = self.parameter_counts()
+        spec = self.preprocess_spec()
+        parts = [
+            {"name": p.name, "kind": p.kind, "parameters": counts[p.name], "kv_cache": p.kv_cache,
+             "description": p.description}
+            for p in self.parts
+        ]
+        if "other" in counts:
+            parts.append({"name": "other", "kind": "unused_at_inference", "parameters": counts["other"],
+                          "kv_cache": False, "description": "parameters outside the deployable parts"})
+        return {
+            "source": self.source,
+            "family": self.family,
+            "architecture": self.architecture,
+            "task": self.task,
+            "parameters": counts["total"],
+            "parts": parts,
+            "image_size": [spec.input_shape[2], spec.input_shape[3]],
+            "preprocessing": spec.to_dict(),
+            "tokenizer": self.tokenizer_summary(),
+            **self._extra_summary(),
+        }
+
+    def _extra_summary(self) -> dict[str, Any]:
+        return {}
+
+    # --------------------------------------------------------------------------------- reference
+    @abstractmethod
+    def forward(self, pixel_values: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
+        """Reference outputs of the source model (used by parity checks and tests)."""
+
+
+class CaptionerAdapter(ModelAdapter):
+    """A family that turns an image into text with a KV-cache decoder."""
+
+    task = "caption"
+
+    @abstractmethod
+    def generation_settings(self) -> dict[str, Any]:
+        """decoder_start/bos, eos and pad token ids and the maximum length."""
+
+    @abstractmethod
+    def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
+        """Greedy token ids (without the start token) from the source model."""
+
+    def caption(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> list[str]:
+        ids = self.generate(pixel_values, max_new_tokens=max_new_tokens)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def _extra_summary(self) -> dict[str, Any]:
+        return {"generation": self.generation_settings()}
+
+
+class DetectorAdapter(ModelAdapter):
+    """An open-vocabulary detector: image graph + text graph + class head."""
+
+    task = "detect"
+
+    default_prompts: ClassVar[tuple[str, ...]] = ("a photo of a cat", "a photo of a dog")
+
+    def encode_prompts(self, prompts: list[str], batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """Token ids and mask padded to the text model's length, repeated for ``batch_size`` images
+        (the layout OWL-ViT expects: ``(batch * num_queries, seq)``)."""
+        max_len = self.model.config.text_config.max_position_embeddings
+        enc = self.tokenizer(list(prompts) * batch_size, padding="max_length", max_length=max_len,
+                             truncation=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward(self, pixel_values: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
+        prompts = list(inputs.get("prompts", self.default_prompts))
+        text = self.encode_prompts(prompts, batch_size=pixel_values.shape[0])
+        with torch.no_grad():
+            out = self.model(pixel_values=pixel_values, **text)
+        result = {"logits": out.logits, "pred_boxes": out.pred_boxes}
+        if getattr(out, "objectness_logits", None) is not None:
+            result["objectness_logits"] = out.objectness_logits
+        return result
+
+
+def reinit_(model: torch.nn.Module, std: float, seed: int) -> torch.nn.Module:
+    """Re-initialise every matrix of a tiny random model with N(0, std), in place, seeded.
+
+    Default inits of small random configs give near-constant outputs (BLIP's vision
+    ``initializer_range`` is 1e-10), which would let parity tests pass vacuously.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    return model

@@ -1,0 +1,80 @@
+"""BLIP captioning (``BlipForConditionalGeneration``): ViT encoder + BERT-style decoder with KV cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor
+
+from edgevlp.models._tokenizers import TINY_WORDS, wordpiece_tokenizer
+from edgevlp.models.base import CaptionerAdapter, PartSpec, reinit_
+
+__all__ = ["BlipAdapter"]
+
+
+class BlipAdapter(CaptionerAdapter):
+    """BLIP image captioning.
+
+    Example:
+        >>> adapter = BlipAdapter.tiny()
+        >>> adapter.preprocess_spec().height
+        32
+    """
+
+    family = "blip"
+    architecture = "BlipForConditionalGeneration"
+    parts = (
+        PartSpec("vision_encoder", "vision_encoder", ("vision_model.",),
+                 description="ViT: pixel_values -> image embeddings"),
+        PartSpec("text_decoder", "text_decoder", ("text_decoder.",), kv_cache=True,
+                 description="BERT decoder with cross-attention and KV cache -> logits"),
+    )
+
+    @classmethod
+    def model_class(cls) -> type[BlipForConditionalGeneration]:
+        return BlipForConditionalGeneration
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "BlipAdapter":
+        tokenizer = wordpiece_tokenizer(TINY_WORDS)
+        vocab = tokenizer.get_vocab()
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=32, patch_size=8,
+                      # BLIP's default vision initializer_range (1e-10) makes random outputs constant.
+                      initializer_range=0.02)
+        text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, encoder_hidden_size=32, max_position_embeddings=64,
+                    pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[DEC]"],
+                    sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"], initializer_range=0.02)
+        config = BlipConfig(text_config=text, vision_config=vision, projection_dim=32,
+                            initializer_range=0.02)
+        config.architectures = [cls.architecture]
+        torch.manual_seed(seed)
+        model = reinit_(BlipForConditionalGeneration(config), std=0.3, seed=seed)
+        processor = BlipImageProcessor(size={"height": 32, "width": 32}).to_dict()
+        return cls(model, processor_config=processor, tokenizer=tokenizer, source=f"tiny-random-blip(seed={seed})")
+
+    def generation_settings(self) -> dict[str, Any]:
+        text = self.model.config.text_config
+        return {
+            "decoder_start_token_id": text.bos_token_id,
+            "eos_token_id": text.sep_token_id,
+            "pad_token_id": text.pad_token_id,
+            "max_length": text.max_position_embeddings,
+        }
+
+    def forward(self, pixel_values: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
+        start = self.generation_settings()["decoder_start_token_id"]
+        input_ids = inputs.get("input_ids")
+        if input_ids is None:
+            input_ids = torch.full((pixel_values.shape[0], 1), start, dtype=torch.long)
+        with torch.no_grad():
+            out = self.model(pixel_values=pixel_values, input_ids=input_ids)
+        return {"image_embeds": out.image_embeds, "logits": out.logits}
+
+    def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
+        with torch.no_grad():
+            ids = self.model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens,
+                                      do_sample=False, num_beams=1)
+        return ids[:, 1:]

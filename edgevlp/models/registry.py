@@ -1,0 +1,134 @@
+"""Adapter table and model resolution: torch-free, so bad input fails fast and cheaply.
+
+An adapter is registered by the checkpoint's ``architectures[0]``; the table maps it to
+``module:Class`` and the module is imported only when that family is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgevlp.errors import ModelLoadError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from edgevlp.models.base import ModelAdapter
+
+__all__ = ["ADAPTERS", "known_architectures", "adapter_class", "resolve_model_dir", "read_config",
+           "ZOO_DIR"]
+
+#: architectures[0] -> "module:Class". A new family is one file plus one row here.
+ADAPTERS: dict[str, str] = {
+    "BlipForConditionalGeneration": "edgevlp.models.blip:BlipAdapter",
+    "VisionEncoderDecoderModel": "edgevlp.models.vision_encoder_decoder:VisionEncoderDecoderAdapter",
+    "OwlViTForObjectDetection": "edgevlp.models.owlvit:OwlViTAdapter",
+    "Owlv2ForObjectDetection": "edgevlp.models.owlvit:Owlv2Adapter",
+}
+
+#: Shipped demo models live here, one folder per name (``edgevlp/zoo/demo-blip``).
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def known_architectures() -> list[str]:
+    """Architectures that have an adapter, sorted."""
+    return sorted(ADAPTERS)
+
+
+def adapter_class(architecture: str) -> type["ModelAdapter"]:
+    """The adapter class for ``architecture``.
+
+    Example:
+        >>> adapter_class("BlipForConditionalGeneration").family
+        'blip'
+    """
+    target = ADAPTERS.get(architecture)
+    if target is None:
+        raise UnsupportedModelError(
+            f"architecture {architecture!r} is not supported; known architectures: "
+            f"{', '.join(known_architectures())}"
+        )
+    module_name, cls_name = target.split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """Parse ``model_dir/config.json`` with errors that say which file and how to fix it."""
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{model_dir} is not a model directory: it has no config.json; pass a folder written by "
+            "save_pretrained(), a hub id, or a demo-zoo name (see `edgevlp zoo`)"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{path} is not valid JSON ({err}); re-save the model or fix the file") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def architecture_of(config: dict[str, Any], where: Path) -> str:
+    """``architectures[0]`` of a parsed config, or a clear error."""
+    archs = config.get("architectures")
+    if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+        raise ModelLoadError(
+            f"{where / 'config.json'} has no 'architectures' list, so the model family is unknown; "
+            f"add e.g. \"architectures\": [\"BlipForConditionalGeneration\"] (known: "
+            f"{', '.join(known_architectures())})"
+        )
+    return archs[0]
+
+
+def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
+    """Turn a model argument into a local directory.
+
+    Order: an existing path; a demo-zoo name (``demo-blip``); a Hugging Face hub id, taken from the
+    local cache (and downloaded only when the hub is reachable and ``HF_HUB_OFFLINE`` is unset).
+    """
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file; pass the model's directory (the one with config.json)")
+        return path
+    if (ZOO_DIR / text).is_dir():
+        return ZOO_DIR / text
+    looks_like_path = text.startswith((".", "/", "~")) or os.sep in text.replace("/", "", 1) or \
+        text.count("/") > 1
+    if looks_like_path or not _HUB_ID.match(text):
+        raise ModelLoadError(f"no such model directory: {text}; check the path (or run `edgevlp zoo`)")
+    return _from_hub(text)
+
+
+def _from_hub(repo_id: str) -> Path:
+    hint = (f"download it where there is network (`huggingface-cli download {repo_id} --local-dir DIR`) "
+            f"and pass --model /path/to/dir")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelLoadError(
+            f"{repo_id!r} is not a local directory and huggingface_hub is not installed "
+            f"(pip install 'edgevlp[compress]'); or {hint}"
+        ) from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        local = snapshot_download(
+            repo_id,
+            local_files_only=offline,
+            # Weights only as safetensors: never fetch pickles.
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.*"],
+        )
+    except Exception as err:  # noqa: BLE001 - hub raises many types; all mean "not available here"
+        reason = type(err).__name__
+        raise ModelLoadError(
+            f"{repo_id!r} is not a local directory, a demo-zoo name, nor a model in the Hugging Face "
+            f"cache ({reason}{', offline mode' if offline else ''}); {hint}"
+        ) from None
+    return Path(local)

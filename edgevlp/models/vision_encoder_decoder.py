@@ -1,0 +1,85 @@
+"""VisionEncoderDecoderModel captioning/OCR (ViT->GPT2, TrOCR, ...): image encoder + causal decoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (GPT2Config, ViTConfig, ViTImageProcessor, VisionEncoderDecoderConfig,
+                          VisionEncoderDecoderModel)
+
+from edgevlp.models._tokenizers import TINY_WORDS, byte_bpe_tokenizer
+from edgevlp.models.base import CaptionerAdapter, PartSpec, reinit_
+
+__all__ = ["VisionEncoderDecoderAdapter"]
+
+
+class VisionEncoderDecoderAdapter(CaptionerAdapter):
+    """Any ``VisionEncoderDecoderModel`` (ViT->GPT2 captioners, TrOCR).
+
+    Example:
+        >>> adapter = VisionEncoderDecoderAdapter.tiny()
+        >>> sorted(p.name for p in adapter.parts)
+        ['text_decoder', 'vision_encoder']
+    """
+
+    family = "vision-encoder-decoder"
+    architecture = "VisionEncoderDecoderModel"
+    parts = (
+        PartSpec("vision_encoder", "vision_encoder", ("encoder.",),
+                 description="image encoder: pixel_values -> encoder hidden states"),
+        PartSpec("text_decoder", "text_decoder", ("decoder.", "enc_to_dec_proj."), kv_cache=True,
+                 description="causal decoder with cross-attention and KV cache -> logits"),
+    )
+
+    @classmethod
+    def model_class(cls) -> type[VisionEncoderDecoderModel]:
+        return VisionEncoderDecoderModel
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "VisionEncoderDecoderAdapter":
+        corpus = [" ".join(TINY_WORDS), "a photo of a red circle", "a small blue square left of a cat"]
+        tokenizer = byte_bpe_tokenizer(corpus)
+        eos = tokenizer.eos_token_id
+        encoder = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, image_size=32, patch_size=8)
+        # A decoder width that differs from the encoder's exercises enc_to_dec_proj.
+        decoder = GPT2Config(vocab_size=len(tokenizer), n_embd=48, n_layer=2, n_head=4, n_positions=64,
+                             bos_token_id=eos, eos_token_id=eos)
+        config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+        config.decoder_start_token_id = eos
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = eos
+        config.architectures = [cls.architecture]
+        torch.manual_seed(seed)
+        model = reinit_(VisionEncoderDecoderModel(config=config), std=0.3, seed=seed)
+        processor = ViTImageProcessor(size={"height": 32, "width": 32}).to_dict()
+        return cls(model, processor_config=processor, tokenizer=tokenizer,
+                   source=f"tiny-random-vit-gpt2(seed={seed})")
+
+    def generation_settings(self) -> dict[str, Any]:
+        cfg = self.model.config
+        dec = cfg.decoder
+        start = cfg.decoder_start_token_id
+        if start is None:
+            start = dec.decoder_start_token_id if dec.decoder_start_token_id is not None else dec.bos_token_id
+        eos = cfg.eos_token_id if cfg.eos_token_id is not None else dec.eos_token_id
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None else dec.pad_token_id
+        max_len = getattr(dec, "n_positions", None) or getattr(dec, "max_position_embeddings", None)
+        return {"decoder_start_token_id": start, "eos_token_id": eos, "pad_token_id": pad,
+                "max_length": max_len}
+
+    def forward(self, pixel_values: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
+        start = self.generation_settings()["decoder_start_token_id"]
+        ids = inputs.get("decoder_input_ids")
+        if ids is None:
+            ids = torch.full((pixel_values.shape[0], 1), start, dtype=torch.long)
+        with torch.no_grad():
+            out = self.model(pixel_values=pixel_values, decoder_input_ids=ids)
+        return {"encoder_hidden_states": out.encoder_last_hidden_state, "logits": out.logits}
+
+    def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
+        with torch.no_grad():
+            ids = self.model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens,
+                                      do_sample=False, num_beams=1)
+        return ids[:, 1:]
