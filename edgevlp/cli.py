@@ -44,17 +44,16 @@ def _not_available(verb: str, issue: int, what: str) -> Callable[[argparse.Names
 
 # ----------------------------------------------------------------------------------------- info
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="model directory, demo-zoo name or hub id (bundles: once export lands)")
+    p.add_argument("path", help="bundle directory (hashes verified), model directory, demo-zoo name "
+                                "or hub id")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from edgevlp.bundle import is_bundle
 
-    if (Path(args.path) / "manifest.json").is_file():
-        raise NotAvailableYet(
-            f"{args.path} is a bundle; bundle inspection lands with the exporter (issue #4)"
-        )
+    if is_bundle(args.path):
+        return _bundle_info(args)
     from edgevlp.models import inspect_model
 
     inspect_model(args.path)  # fail fast (no torch import) on bad paths, configs, architectures
@@ -94,6 +93,66 @@ def _format_model_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _bundle_info(args: argparse.Namespace) -> int:
+    from edgevlp.bundle import read_manifest
+
+    manifest = read_manifest(args.path, verify=True)
+    if args.json:
+        print(json.dumps(manifest.to_dict(), indent=2))
+        return 0
+    print(_format_bundle(manifest))
+    return 0
+
+
+def _format_bundle(m: Any) -> str:
+    total = sum(f["size"] for f in m.files.values())
+    status = "verified (parity passed)" if m.verified else "UNVERIFIED (parity skipped)"
+    lines = [
+        f"bundle       {m.path}",
+        f"model        {m.family} ({m.architecture}), task: {m.task}, from {m.source.get('model')}",
+        f"target       {m.target}, precision {m.precision}, profile "
+        f"{m.target_profile.get('name', '-')}; {status}",
+        f"files        {len(m.files)} files, {total / 1e6:.2f} MB, all sha256 verified",
+    ]
+    for g in m.graphs.values():
+        ins = ", ".join(f"{t.name}{list(t.shape)}" for t in g.inputs[:3]) + (" ..." if len(g.inputs) > 3 else "")
+        outs = ", ".join(t.name for t in g.outputs[:3]) + (" ..." if len(g.outputs) > 3 else "")
+        engines = f" engines: {dict(g.engines)}" if g.engines else ""
+        lines.append(f"  {g.role:<15} {g.file} ({g.format}) in: {ins} -> out: {outs}{engines}")
+    pre = m.preprocess
+    lines.append(f"image        {pre['height']}x{pre['width']} {pre['resize_mode']} ({pre['interpolation']})")
+    parity = m.parity
+    if parity.get("outputs"):
+        worst = ", ".join(f"{k} {v['max_abs_diff']:.2e}" for k, v in parity["outputs"].items())
+        tokens = parity.get("greedy_tokens_identical")
+        lines.append(f"parity       {parity['backend']}: max |diff| {worst}"
+                     + ("" if tokens is None else f"; greedy tokens identical: {tokens}"))
+    if m.compression:
+        lines.append(f"compression  {json.dumps(m.compression)[:100]}")
+    return "\n".join(lines)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgevlp.errors import BundleError
+
+    out = Path(args.output)
+    if out.is_dir() and any(out.iterdir()) and not args.force:  # fail before importing torch
+        raise BundleError(f"output directory {out} is not empty; pass --force to replace it")
+    from edgevlp.models import inspect_model
+
+    if not (Path(args.model) / "compression.json").is_file():
+        inspect_model(args.model)
+    from edgevlp.bundle import read_manifest
+    from edgevlp.export import export_model
+
+    export_model(args.model, out, target=args.target, precision=args.precision, profile=args.profile,
+                 opset=args.opset, force=args.force, skip_parity=args.skip_parity)
+    print(_format_bundle(read_manifest(out)))
+    return 0
+
+
 def _fmt3(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
 
@@ -111,7 +170,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model dir, demo-zoo name, hub id or `edgevlp compress` output")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument("--target", required=True, choices=["cpu", "openvino", "jetson", "laptop-gpu"])
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                   help="default: the profile's (fp32 for cpu/openvino, fp16 for jetson/laptop-gpu)")
     p.add_argument("--profile", help="target profile TOML (export/targets/NAME.toml)")
     p.add_argument("--opset", type=int, help="ONNX opset")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
@@ -158,7 +218,7 @@ VERBS: tuple[Verb, ...] = (
          "  edgevlp export demo-blip -o bundles/blip-cpu --target cpu\n"
          "  edgevlp export out/blip-int8 -o bundles/blip-orin --target jetson "
          "--profile export/targets/jetson-orin-nano.toml",
-         _export_args, _not_available("export", 4, "the exporter")),
+         _export_args, _run_export),
     Verb("run", "run the camera app on bundles (captioning and/or detection)",
          "  edgevlp run bundles/blip-cpu bundles/owl-cpu --source 0 --prompts \"person, cup\"\n"
          "  edgevlp run bundles/owl-cpu --source clip.mp4 --headless --output out/run",
@@ -171,9 +231,10 @@ VERBS: tuple[Verb, ...] = (
          "  edgevlp eval demo-blip --data shapes:val\n"
          "  edgevlp eval bundles/owl-cpu --data shapes:heldout --json out/owl.json",
          _eval_args, _not_available("eval", 7, "evaluation")),
-    Verb("info", "describe a model directory: family, parts, parameters, preprocessing, tokenizer",
+    Verb("info", "describe a model (family, parts, parameters, preprocessing, tokenizer) or a bundle "
+         "(manifest, verified hashes)",
          "  edgevlp info ./blip-image-captioning-base\n"
-         "  edgevlp info demo-owlvit --json",
+         "  edgevlp info bundles/blip-cpu --json",
          _info_args, _run_info),
     Verb("zoo", "list or train the shipped demo models",
          "  edgevlp zoo\n"
@@ -205,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate_cleanly() -> None:
+    """SIGTERM unwinds like Ctrl-C, so context managers remove temp dirs and flush outputs."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a test runner thread)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgevlp`` command; returns the exit code."""
     parser = build_parser()
@@ -212,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help(sys.stderr)
         return 2
+    _terminate_cleanly()
     try:
         return int(args.run(args) or 0)
     except EdgeVLPError as err:

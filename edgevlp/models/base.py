@@ -206,6 +206,19 @@ class CaptionerAdapter(ModelAdapter):
     def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
         """Greedy token ids (without the start token) from the source model."""
 
+    @abstractmethod
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The vision graph: pixel_values -> encoder hidden states, exactly as ``generate`` uses them."""
+
+    @abstractmethod
+    def decode_step(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    cache: Any) -> tuple[torch.Tensor, Any]:
+        """One decoder call with an ``EncoderDecoderCache``: ``(logits, updated cache)``."""
+
+    @abstractmethod
+    def kv_layout(self) -> tuple[int, int, int]:
+        """``(num_layers, num_heads, head_dim)`` of the decoder's self-attention KV cache."""
+
     def caption(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> list[str]:
         ids = self.generate(pixel_values, max_new_tokens=max_new_tokens)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -220,6 +233,43 @@ class DetectorAdapter(ModelAdapter):
     task = "detect"
 
     default_prompts: ClassVar[tuple[str, ...]] = ("a photo of a cat", "a photo of a dog")
+    backbone: ClassVar[str]  # attribute holding the CLIP backbone ("owlvit" / "owlv2")
+
+    def detection_settings(self) -> dict[str, Any]:
+        """What the runtime needs to tokenise prompts and post-process the heads."""
+        text = self.model.config.text_config
+        return {"max_text_length": text.max_position_embeddings, "pad_token_id": text.pad_token_id,
+                "objectness": hasattr(self.model, "objectness_predictor"),
+                "box_format": "cxcywh_normalized", "class_head": "normalized_dot_shift_scale"}
+
+    def image_heads(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image graph: everything per patch that does not depend on the prompts.
+
+        ``class_embeds`` are L2-normalised (+1e-6) like HF's class head; the runtime finishes it with
+        ``(class_embeds @ normalise(text_embeds).T + logit_shift) * logit_scale``.
+        """
+        m = self.model
+        feature_map = m.image_embedder(pixel_values=pixel_values)[0]
+        b, h, w, d = feature_map.shape
+        feats = torch.reshape(feature_map, (b, h * w, d))
+        head = m.class_head
+        class_embeds = head.dense0(feats)
+        class_embeds = class_embeds / (torch.linalg.norm(class_embeds, dim=-1, keepdim=True) + 1e-6)
+        out = {
+            "class_embeds": class_embeds,
+            "logit_shift": head.logit_shift(feats),
+            "logit_scale": head.elu(head.logit_scale(feats)) + 1,
+            "pred_boxes": m.box_predictor(feats, feature_map),
+        }
+        if hasattr(m, "objectness_predictor"):
+            out["objectness_logits"] = m.objectness_predictor(feats)
+        return out
+
+    def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text graph: prompt ids -> L2-normalised text embeddings (``OwlViTModel.text_embeds``)."""
+        clip = getattr(self.model, self.backbone)
+        embeds = clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return embeds / torch.linalg.norm(embeds, ord=2, dim=-1, keepdim=True)
 
     def encode_prompts(self, prompts: list[str], batch_size: int = 1) -> dict[str, torch.Tensor]:
         """Token ids and mask padded to the text model's length, repeated for ``batch_size`` images

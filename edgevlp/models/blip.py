@@ -73,6 +73,20 @@ class BlipAdapter(CaptionerAdapter):
             out = self.model(pixel_values=pixel_values, input_ids=input_ids)
         return {"image_embeds": out.image_embeds, "logits": out.logits}
 
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def decode_step(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    cache: Any) -> tuple[torch.Tensor, Any]:
+        out = self.model.text_decoder(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
+                                      past_key_values=cache, use_cache=True, return_dict=True)
+        return out.logits, out.past_key_values
+
+    def kv_layout(self) -> tuple[int, int, int]:
+        text = self.model.config.text_config
+        return (text.num_hidden_layers, text.num_attention_heads,
+                text.hidden_size // text.num_attention_heads)
+
     def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
         with torch.no_grad():
             ids = self.model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens,

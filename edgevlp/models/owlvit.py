@@ -46,6 +46,7 @@ class OwlViTAdapter(DetectorAdapter):
     family = "owlvit"
     architecture = "OwlViTForObjectDetection"
     parts = _parts("owlvit")
+    backbone = "owlvit"
     _config_class: Any = OwlViTConfig
     _processor_class: Any = OwlViTImageProcessor
 
@@ -78,6 +79,7 @@ class Owlv2Adapter(OwlViTAdapter):
     family = "owlv2"
     architecture = "Owlv2ForObjectDetection"
     parts = _parts("owlv2")
+    backbone = "owlv2"
     _config_class = Owlv2Config
     _processor_class = Owlv2ImageProcessor
 

@@ -78,6 +78,26 @@ class VisionEncoderDecoderAdapter(CaptionerAdapter):
             out = self.model(pixel_values=pixel_values, decoder_input_ids=ids)
         return {"encoder_hidden_states": out.encoder_last_hidden_state, "logits": out.logits}
 
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encoder(pixel_values=pixel_values).last_hidden_state
+
+    def decode_step(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    cache: Any) -> tuple[torch.Tensor, Any]:
+        m = self.model
+        if m.enc_to_dec_proj is not None:  # part of the decoder graph (see `parts`)
+            encoder_hidden_states = m.enc_to_dec_proj(encoder_hidden_states)
+        out = m.decoder(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
+                        past_key_values=cache, use_cache=True, return_dict=True)
+        return out.logits, out.past_key_values
+
+    def kv_layout(self) -> tuple[int, int, int]:
+        dec = self.model.config.decoder
+        layers = getattr(dec, "num_hidden_layers", None) or getattr(dec, "n_layer", None) or dec.decoder_layers
+        heads = (getattr(dec, "num_attention_heads", None) or getattr(dec, "n_head", None)
+                 or dec.decoder_attention_heads)
+        hidden = getattr(dec, "hidden_size", None) or getattr(dec, "n_embd", None) or dec.d_model
+        return int(layers), int(heads), int(hidden) // int(heads)
+
     def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
         with torch.no_grad():
             ids = self.model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens,

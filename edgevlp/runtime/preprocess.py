@@ -21,19 +21,34 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 import os
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import numpy as np
 
 from edgevlp.errors import InputError
+from edgevlp.spec import PreprocessSpec
 
-__all__ = ["normalize", "normalize_reference", "backend_name", "ENV_VAR", "EXTENSION_ABI_VERSION"]
+__all__ = [
+    "normalize",
+    "normalize_reference",
+    "preprocess",
+    "preprocess_batch",
+    "preprocess_reference",
+    "preprocess_batch_reference",
+    "Transform",
+    "backend_name",
+    "ENV_VAR",
+    "EXTENSION_ABI_VERSION",
+    "MAX_SIDE",
+]
 
 #: Environment variable that picks the implementation of :func:`normalize`.
 ENV_VAR = "EDGEVLP_PREPROCESS"
 #: The ``ABI_VERSION`` of ``edgevlp._preprocess`` this module was written against.
-EXTENSION_ABI_VERSION = 1
+EXTENSION_ABI_VERSION = 2
 #: One call handles at most this many values (H * W * 3), as in the extension.
 _MAX_VALUES = 1 << 31
 
@@ -136,28 +151,7 @@ def normalize_reference(
     if not isinstance(swap_rb, (bool, np.bool_)):
         raise TypeError(f"swap_rb must be True or False, got {swap_rb!r}")
     order = "BGR" if swap_rb else "RGB"
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a numpy.ndarray (uint8 HxWx3, {order}), got {type(image).__name__}")
-    is_u8 = image.dtype.kind == "u" and image.dtype.itemsize == 1
-    if not is_u8 or image.ndim != 3 or image.shape[2] != 3:
-        hint = ""
-        if not is_u8:
-            hint = "; convert it to uint8 (values 0..255) first"
-        elif image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-            hint = f"; expand grayscale with cv2.cvtColor(img, cv2.COLOR_GRAY2{order})"
-        elif image.ndim == 3 and image.shape[2] == 4:
-            hint = f"; drop alpha with cv2.cvtColor(img, cv2.COLOR_{order}A2{order})"
-        elif image.ndim == 4:
-            hint = "; pass one frame at a time, e.g. batch[0]"
-        raise InputError(f"image must be uint8 HxWx3 ({order}), got {image.dtype} with shape {image.shape}{hint}")
-    height, width = image.shape[:2]
-    if height == 0 or width == 0:
-        raise InputError(f"image is empty (shape {image.shape}); expected H >= 1 and W >= 1")
-    if height * width * 3 > _MAX_VALUES:
-        raise InputError(
-            f"image is too large: shape {image.shape} has more than {_MAX_VALUES} values; "
-            "resize or tile the frame first"
-        )
+    height, width = _check_image(image, order)
 
     mean_v = _triplet(mean, "mean")
     std_v = _triplet(std, "std")
@@ -169,29 +163,9 @@ def normalize_reference(
     if not math.isfinite(scale_v):
         raise InputError(f"scale must be finite, got {scale!r}")
 
-    hw = f"{height}, {width}"
-    if out is None:
-        out = np.empty((1, 3, height, width), np.float32)
-    else:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a numpy.ndarray (float32, shape (1, 3, {hw})), got {type(out).__name__}")
-        if out.dtype != np.dtype(np.float32) or out.shape not in ((1, 3, height, width), (3, height, width)):
-            raise InputError(
-                f"out must be float32 with shape (1, 3, {hw}) or (3, {hw}), got {out.dtype} with shape {out.shape}"
-            )
-        problems = [
-            what
-            for what, bad in (
-                ("not C-contiguous", not out.flags.c_contiguous),
-                ("read-only", not out.flags.writeable),
-                ("not aligned", not out.flags.aligned),
-            )
-            if bad
-        ]
-        if problems:
-            raise InputError(f"out is {', '.join(problems)}; pass np.empty((1, 3, {hw}), np.float32)")
-        if np.may_share_memory(image, out):
-            raise InputError("out overlaps the image's memory; pass a separate buffer")
+    out = _check_out(out, (1,), height, width)
+    if np.may_share_memory(image, out):
+        raise InputError("out overlaps the image's memory; pass a separate buffer")
 
     planes = out.reshape(3, height, width)  # a view: out is C-contiguous
     for c in range(3):  # c: output (RGB) channel
@@ -200,6 +174,63 @@ def normalize_reference(
         b = np.float32(-mean_v[c] / std_v[c])
         np.multiply(image[:, :, src_c], a, out=planes[c], dtype=np.float32)
         planes[c] += b
+    return out
+
+
+def _check_image(image: object, order: str, prefix: str = "") -> tuple[int, int]:
+    """The frame: uint8 HxWx3, non-empty, not too large. Returns (H, W)."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{prefix}image must be a numpy.ndarray (uint8 HxWx3, {order}), got {type(image).__name__}")
+    is_u8 = image.dtype.kind == "u" and image.dtype.itemsize == 1
+    if not is_u8 or image.ndim != 3 or image.shape[2] != 3:
+        hint = ""
+        if not is_u8:
+            hint = "; convert it to uint8 (values 0..255) first"
+        elif image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+            hint = f"; expand grayscale with cv2.cvtColor(img, cv2.COLOR_GRAY2{order})"
+        elif image.ndim == 3 and image.shape[2] == 4:
+            hint = f"; drop alpha with cv2.cvtColor(img, cv2.COLOR_{order}A2{order})"
+        elif image.ndim == 4:
+            hint = "; pass one frame at a time, e.g. batch[0]"
+        raise InputError(
+            f"{prefix}image must be uint8 HxWx3 ({order}), got {image.dtype} with shape {image.shape}{hint}"
+        )
+    height, width = image.shape[:2]
+    if height == 0 or width == 0:
+        raise InputError(f"{prefix}image is empty (shape {image.shape}); expected H >= 1 and W >= 1")
+    if height * width * 3 > _MAX_VALUES:
+        raise InputError(
+            f"{prefix}image is too large: shape {image.shape} has more than {_MAX_VALUES} values; "
+            "resize or tile the frame first"
+        )
+    return height, width
+
+
+def _check_out(out: np.ndarray | None, lead: tuple[int, ...], height: int, width: int) -> np.ndarray:
+    """None -> a new float32 array lead + (3, H, W); else check the caller's buffer."""
+    want = (*lead, 3, height, width)
+    if out is None:
+        return np.empty(want, np.float32)
+    shape_text = f"({', '.join(map(str, want))})"
+    hw = f"{height}, {width}"
+    single = lead == (1,)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray (float32, shape {shape_text}), got {type(out).__name__}")
+    shapes = (want, (3, height, width)) if single else (want,)
+    if out.dtype != np.dtype(np.float32) or out.shape not in shapes:
+        alt = f" or (3, {hw})" if single else ""
+        raise InputError(f"out must be float32 with shape {shape_text}{alt}, got {out.dtype} with shape {out.shape}")
+    problems = [
+        what
+        for what, bad in (
+            ("not C-contiguous", not out.flags.c_contiguous),
+            ("read-only", not out.flags.writeable),
+            ("not aligned", not out.flags.aligned),
+        )
+        if bad
+    ]
+    if problems:
+        raise InputError(f"out is {', '.join(problems)}; pass np.empty({shape_text}, np.float32)")
     return out
 
 
@@ -239,3 +270,387 @@ def _triplet(value: Sequence[float], name: str) -> tuple[float, float, float]:
     if not all(math.isfinite(v) for v in numbers):
         raise InputError(f"{name} must contain finite numbers, got {value!r}")
     return numbers[0], numbers[1], numbers[2]
+
+
+# ------------------------------------------------------------------------------- resize + normalise
+
+#: Largest output side, crop side, shortest_edge and resized side :func:`preprocess` accepts.
+MAX_SIDE = 65536
+_MODES = ("stretch", "letterbox", "pad_square", "shortest_edge")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+#: cv2 flag per interpolation name (cv2 constants, spelled out so cv2 is only imported when used).
+_CV2_FLAGS = {"nearest": 0, "bilinear": 1, "bicubic": 2, "area": 3, "lanczos": 4}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Where a frame landed in the model input: ``model_x = frame_x * scale_x + offset_x``.
+
+    The inverse, ``frame_x = (model_x - offset_x) / scale_x``, maps detections back. Coordinates are
+    pixel edges (0 is the left edge of the first pixel, ``W`` the right edge of the last).
+
+    Example:
+        >>> t = Transform(scale_x=0.5, scale_y=0.5, offset_x=0.0, offset_y=32.0, frame_width=640, frame_height=384)
+        >>> t.to_frame(np.array([[10.0, 32.0, 20.0, 40.0]])).tolist()
+        [[20.0, 0.0, 40.0, 16.0]]
+    """
+
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+    frame_width: int
+    frame_height: int
+
+    def to_frame(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Model-input pixel boxes (N, 4) ``x1, y1, x2, y2`` -> frame pixel boxes, clipped to the frame.
+
+        Example:
+            >>> Transform(2.0, 2.0, 0.0, 0.0, 10, 10).to_frame(np.array([[0, 0, 30, 8]])).tolist()
+            [[0.0, 0.0, 10.0, 4.0]]
+        """
+        boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise InputError(f"boxes must have shape (N, 4) (x1, y1, x2, y2), got {boxes.shape}")
+        res = np.empty_like(boxes)
+        res[:, 0::2] = (boxes[:, 0::2] - self.offset_x) / self.scale_x
+        res[:, 1::2] = (boxes[:, 1::2] - self.offset_y) / self.scale_y
+        np.clip(res[:, 0::2], 0.0, self.frame_width, out=res[:, 0::2])
+        np.clip(res[:, 1::2], 0.0, self.frame_height, out=res[:, 1::2])
+        return res
+
+    def to_model(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Frame pixel boxes (N, 4) -> model-input pixel boxes (not clipped); the inverse of :meth:`to_frame`.
+
+        Example:
+            >>> Transform(2.0, 2.0, 1.0, 0.0, 10, 10).to_model(np.array([[0, 0, 5, 4]])).tolist()
+            [[1.0, 0.0, 11.0, 8.0]]
+        """
+        boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise InputError(f"boxes must have shape (N, 4) (x1, y1, x2, y2), got {boxes.shape}")
+        res = np.empty_like(boxes)
+        res[:, 0::2] = boxes[:, 0::2] * self.scale_x + self.offset_x
+        res[:, 1::2] = boxes[:, 1::2] * self.scale_y + self.offset_y
+        return res
+
+
+def preprocess(frame: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> tuple[np.ndarray, Transform]:
+    """One BGR frame -> the model's float32 ``spec.input_shape`` tensor and its :class:`Transform`.
+
+    Resizes as ``spec`` says (``resize_mode``, ``interpolation``, ``crop``, ``pad_value``) with
+    cv2.resize semantics, swaps BGR to RGB when ``spec.channel_order`` is ``"RGB"`` and normalises:
+    ``(pixel * spec.rescale - mean) / std``. Runs the C++ extension or the numpy reference, as
+    :func:`backend_name` says. ``out`` (float32, ``spec.input_shape``) is filled in place when given.
+
+    Raises:
+        InputError (a ValueError): a frame or ``out`` that does not fit (see :func:`preprocess_reference`).
+
+    Example:
+        >>> from edgevlp.spec import PreprocessSpec
+        >>> spec = PreprocessSpec(height=4, width=4, resize_mode="letterbox", interpolation="area")
+        >>> x, t = preprocess(np.zeros((2, 8, 3), np.uint8), spec)
+        >>> x.shape, (t.scale_x, t.offset_y)
+        ((1, 3, 4, 4), (0.5, 1.0))
+    """
+    kwargs = _spec_kwargs(spec)
+    if backend_name() == "reference":
+        tensor, t = preprocess_reference(frame, **kwargs, out=out)
+    else:
+        try:
+            tensor, t = _ext.preprocess(frame, **kwargs, out=out)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    return tensor, Transform(*t, frame_width=frame.shape[1], frame_height=frame.shape[0])
+
+
+def preprocess_batch(
+    frames: Sequence[np.ndarray], spec: PreprocessSpec, out: np.ndarray | None = None
+) -> tuple[np.ndarray, list[Transform]]:
+    """:func:`preprocess` for a list of BGR frames (any sizes) -> ``(N, 3, H, W)`` and N transforms.
+
+    Example:
+        >>> from edgevlp.spec import PreprocessSpec
+        >>> spec = PreprocessSpec(height=8, width=8)
+        >>> x, ts = preprocess_batch([np.zeros((4, 4, 3), np.uint8), np.zeros((16, 8, 3), np.uint8)], spec)
+        >>> x.shape, [t.scale_y for t in ts]
+        ((2, 3, 8, 8), [2.0, 0.5])
+    """
+    kwargs = _spec_kwargs(spec)
+    if backend_name() == "reference":
+        tensor, ts = preprocess_batch_reference(frames, **kwargs, out=out)
+    else:
+        try:
+            tensor, ts = _ext.preprocess_batch(frames, **kwargs, out=out)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    return tensor, [Transform(*t, frame_width=f.shape[1], frame_height=f.shape[0]) for t, f in zip(ts, frames)]
+
+
+def _spec_kwargs(spec: PreprocessSpec) -> dict[str, Any]:
+    if not isinstance(spec, PreprocessSpec):
+        raise TypeError(f"spec must be an edgevlp.spec.PreprocessSpec, got {type(spec).__name__}")
+    crop = spec.crop if spec.crop is not None else (0, 0)
+    return dict(
+        out_h=spec.height,
+        out_w=spec.width,
+        mode=spec.resize_mode,
+        interpolation=spec.interpolation,
+        mean=spec.mean,
+        std=spec.std,
+        scale=spec.rescale,
+        swap_rb=spec.channel_order == "RGB",  # frames come BGR, as cv2 reads them
+        pad_value=spec.pad_value,
+        crop_h=crop[0],
+        crop_w=crop[1],
+        shortest_edge=spec.shortest_edge if spec.shortest_edge is not None else 0,
+    )
+
+
+def preprocess_reference(
+    image: np.ndarray,
+    out_h: int,
+    out_w: int,
+    mode: str,
+    interpolation: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scale: float = 1.0 / 255.0,
+    swap_rb: bool = True,
+    pad_value: float = 0.0,
+    crop_h: int = 0,
+    crop_w: int = 0,
+    shortest_edge: int = 0,
+    out: np.ndarray | None = None,
+    threads: int = 0,
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Numpy + cv2 twin of ``edgevlp._preprocess.preprocess``: same arguments, errors and (to 1e-5) result.
+
+    The frame is converted to float32 first and resized with ``cv2.resize`` on the float image, so
+    the weights are float (cv2's uint8 INTER_LINEAR / INTER_CUBIC use 11-bit fixed-point weights and
+    round to uint8, which the C++ path does not copy). Interpolations map to cv2's INTER_NEAREST
+    (``floor(x * src / dst)``, no half-pixel shift), INTER_LINEAR, INTER_CUBIC (a = -0.75),
+    INTER_AREA and INTER_LANCZOS4, borders replicated. Note cv2's INTER_AREA averages pixel
+    areas only when *both* axes shrink (non-integer ratios included); if either axis grows it is a
+    bilinear-like filter on both axes. For big downscales (1080p -> 384) Hugging Face's PIL-based
+    processors antialias: ``area`` is the closest cheap choice, ``bicubic`` without antialiasing aliases.
+
+    Geometry (``mode``); pixels outside the frame get ``pad_value`` (in ``image * scale`` units):
+
+    * ``stretch``: resize to ``out_h x out_w``;
+    * ``letterbox``: resize by ``s = min(out_w / W, out_h / H)`` to ``floor(W*s + 0.5) x floor(H*s + 0.5)``,
+      centred (offsets rounded down) on an ``out_h x out_w`` canvas;
+    * ``pad_square``: pad bottom/right to a ``max(H, W)`` square, resize that to ``out_h x out_w`` (OWLv2);
+    * ``shortest_edge``: the short side becomes ``shortest_edge``, the long one
+      ``int(shortest_edge * long / short)`` (as Hugging Face), then centre-crop to ``out_h x out_w``.
+
+    Then, when ``crop_h, crop_w`` are given, a centred ``crop_h x crop_w`` window (offset
+    ``(size - crop) // 2``) is the output. The returned transform ``(scale_x, scale_y, offset_x,
+    offset_y)`` maps frame pixels to output pixels: ``x_out = x_frame * scale_x + offset_x``.
+    ``threads`` is accepted (and checked) for parity with the extension; the reference ignores it.
+
+    Example:
+        >>> x, t = preprocess_reference(np.zeros((2, 4, 3), np.uint8), 4, 4, "letterbox", "bilinear",
+        ...                             (0, 0, 0), (1, 1, 1), pad_value=0.5)
+        >>> x[0, 0, :, 0].tolist(), t
+        ([0.5, 0.0, 0.0, 0.5], (1.0, 1.0, 0.0, 1.0))
+    """
+    if not isinstance(swap_rb, (bool, np.bool_)):
+        raise TypeError(f"swap_rb must be True or False, got {swap_rb!r}")
+    order = "BGR" if swap_rb else "RGB"
+    height, width = _check_image(image, order)
+    p = _check_params(out_h, out_w, mode, interpolation, mean, std, scale, pad_value, crop_h, crop_w,
+                      shortest_edge, threads)
+    g = _geometry(p, height, width)
+    out = _check_out(out, (1,), g.out_h, g.out_w)
+    if np.may_share_memory(image, out):
+        raise InputError("out overlaps the image's memory; pass a separate buffer")
+    _resize_into(image, swap_rb, p, g, out.reshape(3, g.out_h, g.out_w))
+    return out, g.transform
+
+
+def preprocess_batch_reference(
+    images: Sequence[np.ndarray],
+    out_h: int,
+    out_w: int,
+    mode: str,
+    interpolation: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scale: float = 1.0 / 255.0,
+    swap_rb: bool = True,
+    pad_value: float = 0.0,
+    crop_h: int = 0,
+    crop_w: int = 0,
+    shortest_edge: int = 0,
+    out: np.ndarray | None = None,
+    threads: int = 0,
+) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """Numpy twin of ``edgevlp._preprocess.preprocess_batch``: :func:`preprocess_reference` per frame.
+
+    Example:
+        >>> x, ts = preprocess_batch_reference([np.zeros((2, 2, 3), np.uint8)] * 3, 4, 4, "stretch",
+        ...                                    "nearest", (0, 0, 0), (1, 1, 1))
+        >>> x.shape, ts[0]
+        ((3, 3, 4, 4), (2.0, 2.0, 0.0, 0.0))
+    """
+    if not isinstance(swap_rb, (bool, np.bool_)):
+        raise TypeError(f"swap_rb must be True or False, got {swap_rb!r}")
+    order = "BGR" if swap_rb else "RGB"
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"images must be a list or tuple of uint8 HxWx3 frames, got {type(images).__name__}")
+    if not images:
+        raise InputError("images is empty; pass at least one frame")
+    sizes = [_check_image(img, order, f"images[{i}]: ") for i, img in enumerate(images)]
+    p = _check_params(out_h, out_w, mode, interpolation, mean, std, scale, pad_value, crop_h, crop_w,
+                      shortest_edge, threads)
+    geoms = [_geometry(p, h, w, f"images[{i}]: ") for i, (h, w) in enumerate(sizes)]
+    n, g0 = len(images), geoms[0]
+    out = _check_out(out, (n,), g0.out_h, g0.out_w)
+    for i, img in enumerate(images):
+        if np.may_share_memory(img, out):
+            raise InputError(f"out overlaps the images[{i}] image's memory; pass a separate buffer")
+    for i, (img, g) in enumerate(zip(images, geoms)):
+        _resize_into(img, swap_rb, p, g, out[i])
+    return out, [g.transform for g in geoms]
+
+
+@dataclass(frozen=True)
+class _Params:
+    out_h: int
+    out_w: int
+    mode: str
+    interpolation: str
+    crop_h: int
+    crop_w: int
+    shortest_edge: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: float
+    pad_value: float
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """As ``Geometry`` in runtime/resize.h: output pixel (oy, ox) shows resized pixel (oy - off_y, ox - off_x)."""
+
+    virt_h: int
+    virt_w: int
+    res_h: int
+    res_w: int
+    out_h: int
+    out_w: int
+    off_y: int
+    off_x: int
+
+    @property
+    def transform(self) -> tuple[float, float, float, float]:
+        return (self.res_w / self.virt_w, self.res_h / self.virt_h, float(self.off_x), float(self.off_y))
+
+
+def _int(value: object, name: str, lo: int, hi: int, range_text: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    v = operator.index(value)  # type: ignore[call-overload]
+    if not lo <= v <= hi:
+        raise InputError(f"{name} must be in {range_text}, got {value!r}")
+    return v
+
+
+def _choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    listed = ", ".join(f"'{c}'" for c in choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str (one of {listed}), got {value!r}")
+    if value not in choices:
+        raise InputError(f"{name} must be one of {listed}, got {value!r}")
+    return value
+
+
+def _check_params(
+    out_h: object, out_w: object, mode: object, interpolation: object, mean: Any, std: Any, scale: object,
+    pad_value: object, crop_h: object, crop_w: object, shortest_edge: object, threads: object,
+) -> _Params:
+    """Everything but the image(s) and out, in the order and words of runtime/resize.cpp."""
+    side, side0 = f"1..{MAX_SIDE}", f"0..{MAX_SIDE}"
+    oh = _int(out_h, "out_h", 1, MAX_SIDE, side)
+    ow = _int(out_w, "out_w", 1, MAX_SIDE, side)
+    mode_v = _choice(mode, "mode", _MODES)
+    interp_v = _choice(interpolation, "interpolation", _INTERPOLATIONS)
+    ch = _int(crop_h, "crop_h", 0, MAX_SIDE, side0)
+    cw = _int(crop_w, "crop_w", 0, MAX_SIDE, side0)
+    if (ch == 0) != (cw == 0):
+        raise InputError(f"crop_h and crop_w must both be 0 (no crop) or both >= 1, got {ch} and {cw}")
+    se = _int(shortest_edge, "shortest_edge", 0, MAX_SIDE, side0)
+    if mode_v == "shortest_edge" and se == 0:
+        raise InputError("mode 'shortest_edge' needs shortest_edge >= 1 (the short side after resizing)")
+    if mode_v != "shortest_edge" and se != 0:
+        raise InputError(f"shortest_edge={se} is only used by mode 'shortest_edge'; pass 0 with mode {mode_v!r}")
+    mean_v = _triplet(mean, "mean")
+    std_v = _triplet(std, "std")
+    if not all(s > 0.0 for s in std_v):
+        raise InputError(f"std must be > 0 (it divides), got {std!r}")
+    scale_v = _real(scale)
+    if scale_v is None:
+        raise TypeError(f"scale must be a number, got {scale!r}")
+    if not (math.isfinite(scale_v) and scale_v > 0.0):
+        raise InputError(f"scale must be finite and > 0, got {scale!r}")
+    pad_v = _real(pad_value)
+    if pad_v is None:
+        raise TypeError(f"pad_value must be a number, got {pad_value!r}")
+    if not math.isfinite(pad_v):
+        raise InputError(f"pad_value must be finite, got {pad_value!r}")
+    _int(threads, "threads", 0, 256, "0..256 (0: auto)")
+    return _Params(oh, ow, mode_v, interp_v, ch, cw, se, mean_v, std_v, scale_v, pad_v)
+
+
+def _geometry(p: _Params, src_h: int, src_w: int, prefix: str = "") -> _Geometry:
+    """make_geometry() of runtime/resize_core.cpp, in the same double arithmetic."""
+    virt_h, virt_w, res_h, res_w = src_h, src_w, p.out_h, p.out_w
+    canvas_h, canvas_w, top, left = p.out_h, p.out_w, 0, 0
+    if p.mode == "letterbox":
+        s = min(p.out_w / src_w, p.out_h / src_h)
+        res_w = min(max(math.floor(src_w * s + 0.5), 1), p.out_w)
+        res_h = min(max(math.floor(src_h * s + 0.5), 1), p.out_h)
+        top, left = (p.out_h - res_h) // 2, (p.out_w - res_w) // 2
+    elif p.mode == "pad_square":
+        virt_h = virt_w = max(src_h, src_w)
+    elif p.mode == "shortest_edge":
+        se = p.shortest_edge
+        if src_w <= src_h:
+            res_w, res_h = se, int(se * src_h / src_w)
+        else:
+            res_h, res_w = se, int(se * src_w / src_h)
+        if res_h > MAX_SIDE or res_w > MAX_SIDE:
+            raise InputError(
+                f"{prefix}mode 'shortest_edge' would resize the {src_h}x{src_w} frame to {res_h}x{res_w}, more "
+                f"than {MAX_SIDE} pixels on a side; lower shortest_edge or crop the frame first"
+            )
+        canvas_h, canvas_w = res_h, res_w
+    out_h, out_w = (p.crop_h, p.crop_w) if p.crop_h > 0 else (p.out_h, p.out_w)
+    off_y = top - (canvas_h - out_h) // 2
+    off_x = left - (canvas_w - out_w) // 2
+    return _Geometry(virt_h, virt_w, res_h, res_w, out_h, out_w, off_y, off_x)
+
+
+def _resize_into(image: np.ndarray, swap_rb: bool, p: _Params, g: _Geometry, planes: np.ndarray) -> None:
+    """cv2.resize on the float32 frame (padded for pad_square), placed on a pad canvas, normalised."""
+    import cv2  # only the reference path needs it
+
+    src = np.ascontiguousarray(image[..., ::-1] if swap_rb else image, dtype=np.float32)
+    pad_raw = np.float32(p.pad_value / p.scale)
+    if g.virt_h != src.shape[0] or g.virt_w != src.shape[1]:
+        square = np.full((g.virt_h, g.virt_w, 3), pad_raw, np.float32)
+        square[: src.shape[0], : src.shape[1]] = src
+        src = square
+    resized = cv2.resize(src, (g.res_w, g.res_h), interpolation=_CV2_FLAGS[p.interpolation])
+    resized = resized.reshape(g.res_h, g.res_w, 3)
+    canvas = np.full((g.out_h, g.out_w, 3), pad_raw, np.float32)
+    ylo, yhi = max(0, -g.off_y), min(g.res_h, g.out_h - g.off_y)
+    xlo, xhi = max(0, -g.off_x), min(g.res_w, g.out_w - g.off_x)
+    if yhi > ylo and xhi > xlo:
+        canvas[ylo + g.off_y : yhi + g.off_y, xlo + g.off_x : xhi + g.off_x] = resized[ylo:yhi, xlo:xhi]
+    for c in range(3):
+        a = np.float32(p.scale / p.std[c])
+        b = np.float32(-p.mean[c] / p.std[c])
+        np.multiply(canvas[:, :, c], a, out=planes[c])
+        planes[c] += b

@@ -1,0 +1,179 @@
+"""``export_model``: model -> traced ONNX graphs -> target format -> parity -> bundle (atomically)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgevlp import __version__
+from edgevlp.bundle import GraphSpec, Manifest, build_bundle, file_digest
+from edgevlp.errors import BundleError, InputError
+from edgevlp.export.context import ExportContext
+from edgevlp.export.graphs import GraphExport, graphs_for
+from edgevlp.export.onnx_export import DEFAULT_OPSET, export_graph
+from edgevlp.export.parity import check_parity, parity_photos, parity_pixels
+from edgevlp.export.profiles import PRECISIONS, TARGETS, check_profile_target, load_profile
+from edgevlp.export.progress import Progress
+from edgevlp.models import load_model
+from edgevlp.models.base import CaptionerAdapter, ModelAdapter
+
+__all__ = ["export_model", "WRITERS", "COMPRESSION_FILE"]
+
+#: target -> "module:function" writing that target's files from the traced ONNX graphs.
+WRITERS: dict[str, str] = {
+    "cpu": "edgevlp.export.onnx_target:write",
+    "openvino": "edgevlp.export.openvino_target:write",
+    "jetson": "edgevlp.export.tensorrt_target:write",
+    "laptop-gpu": "edgevlp.export.tensorrt_target:write",
+}
+#: Written by `edgevlp compress` beside its output: recipe, and optionally QDQ ONNX graphs by role.
+COMPRESSION_FILE = "compression.json"
+
+
+def _writer(target: str):  # type: ignore[no-untyped-def]
+    module, fn = WRITERS[target].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _source_record(model: str | os.PathLike[str] | ModelAdapter, model_dir: Path | None) -> dict[str, Any]:
+    record: dict[str, Any] = {"model": model.source if isinstance(model, ModelAdapter) else os.fspath(model)}
+    if model_dir is not None:
+        files = sorted(p for p in model_dir.iterdir() if p.suffix in (".json", ".safetensors"))
+        digest = "".join(file_digest(p) for p in files)
+        import hashlib
+
+        record["sha256"] = hashlib.sha256(digest.encode()).hexdigest()
+        record["files"] = [p.name for p in files]
+    return record
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import transformers
+
+    return {"edgevlp": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _sample_feeds(graphs: list[GraphExport], pixels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    feeds = {}
+    for g in graphs:
+        feed = {n: t.numpy() for n, t in zip(g.input_names, g.example_inputs)}
+        if "pixel_values" in feed:
+            feed["pixel_values"] = pixels
+        feeds[g.role] = feed
+    return feeds
+
+
+def _read_compression(model_dir: Path | None) -> dict[str, Any] | None:
+    if model_dir is None or not (model_dir / COMPRESSION_FILE).is_file():
+        return None
+    try:
+        return json.loads((model_dir / COMPRESSION_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{model_dir / COMPRESSION_FILE} is not valid JSON ({err})") from None
+
+
+def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.PathLike[str], *,
+                 target: str = "cpu", precision: str | None = None,
+                 profile: str | os.PathLike[str] | None = None, opset: int | None = None,
+                 force: bool = False, skip_parity: bool = False, progress: bool = True) -> Manifest:
+    """Export ``model`` (dir, zoo name, hub id, adapter or `edgevlp compress` output) as a bundle.
+
+    Example:
+        >>> from edgevlp.export import export_model
+        >>> manifest = export_model("demo-blip", "bundles/blip-cpu", target="cpu")   # doctest: +SKIP
+        >>> manifest.parity["greedy_tokens_identical"]                              # doctest: +SKIP
+        True
+    """
+    if target not in TARGETS:
+        raise InputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    out = Path(output)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise BundleError(f"output directory {out} is not empty; pass --force to replace it")
+    prof = load_profile(profile or TARGETS[target])
+    check_profile_target(prof, target)
+    precision = precision or prof.precision
+    opset = opset or DEFAULT_OPSET
+    if not 14 <= opset <= 21:
+        raise InputError(f"--opset {opset} is outside the supported range 14..21")
+    steps = Progress(enabled=progress)
+
+    model_dir = None
+    compression = None
+    with steps.stage("load"):
+        if isinstance(model, ModelAdapter):
+            adapter = model
+        else:
+            from edgevlp.models import resolve_model_dir
+
+            model_dir = resolve_model_dir(model)
+            compression = _read_compression(model_dir)
+            base = model_dir / compression["base_model"] if compression and "base_model" in compression \
+                else model_dir
+            adapter = load_model(base)
+    qdq = (compression or {}).get("graphs") or {}
+
+    def write(root: Path) -> Manifest:
+        traced = graphs_for(adapter)
+        records = {}
+        for g in traced:
+            path = root / f"{g.role}.onnx"
+            if g.role in qdq:
+                with steps.stage("copy", f"{g.role} (quantised)"):
+                    shutil.copyfile(Path(model_dir) / qdq[g.role], path)  # type: ignore[arg-type]
+                records[g.role] = {"exporter": "edgevlp compress (QDQ)", "file": qdq[g.role]}
+                continue
+            with steps.stage("trace", g.role):
+                rec = export_graph(g, path, opset=opset)
+            records[g.role] = {"exporter": rec.exporter, "opset": rec.opset, "seconds": round(rec.seconds, 2),
+                               **({"fallback_reason": rec.fallback_reason} if rec.fallback_reason else {})}
+        graphs = [GraphSpec(role=g.role, file=f"{g.role}.onnx", inputs=g.inputs, outputs=g.outputs)
+                  for g in traced]
+        spec = adapter.preprocess_spec()
+        ctx = ExportContext(root=root, graphs=graphs, profile=prof, precision=precision, target=target,
+                            progress=steps, prequantized=bool(qdq),
+                            sample_feeds=_sample_feeds(traced, parity_pixels(spec, parity_photos())))
+        with steps.stage("convert", f"{target} {precision}"):
+            _writer(target)(ctx)
+        adapter.save_tokenizer(root)
+        is_captioner = isinstance(adapter, CaptionerAdapter)
+        manifest = Manifest(
+            task=adapter.task, family=adapter.family, architecture=adapter.architecture,
+            source=_source_record(model, model_dir), target=target, precision=precision,
+            graphs={g.role: g for g in ctx.graphs}, preprocess=spec.to_dict(),
+            tokenizer={"file": "tokenizer.json", **adapter.tokenizer_summary()},
+            generation={**adapter.generation_settings(), "max_new_tokens": prof.max_new_tokens,
+                        "decoder": "single graph; past_sequence may be 0 (first step)"}
+            if is_captioner else {},
+            detection=adapter.detection_settings() if not is_captioner else {},
+            compression=(compression or {}).get("recipe"),
+            versions={**_versions(), "opset": str(opset)},
+            target_profile=prof.to_dict(),
+            export={"graphs": records, **ctx.notes},
+            path=root,
+        )
+        if skip_parity:
+            manifest.parity = {"skipped": True}
+            manifest.verified = False
+        else:
+            atol, rtol = prof.tolerance_for(precision)
+            with steps.stage("parity", "(source model vs exported graphs on 2 photos)"):
+                manifest.parity = check_parity(
+                    adapter, manifest, atol=atol, rtol=rtol, new_tokens=20,
+                    require_identical_tokens=precision == "fp32" and not qdq)
+            manifest.verified = True
+        manifest.export["stage_seconds"] = {k: round(v, 2) for k, v in steps.seconds.items()}
+        return manifest
+
+    return build_bundle(out, write, force=force)

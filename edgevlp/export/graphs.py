@@ -1,0 +1,183 @@
+"""The graphs a model is exported as, built from its adapter: modules, example inputs, I/O contract.
+
+Captioners: ``vision_encoder`` (pixel_values -> encoder_hidden_states) and one ``text_decoder`` with a
+KV cache. Detectors: ``image_encoder`` (pixel_values -> per-patch class embeddings, logit shift/scale,
+boxes, objectness) and ``text_encoder`` (prompt ids -> text embeddings); the class head (a normalised dot
+product) runs in the runtime so prompts stay editable.
+
+Why one decoder graph instead of a first-step/with-past pair: the graph takes a self-attention cache of
+length ``past_sequence >= 0``; an empty cache (length 0) *is* the first step, since concatenating an empty
+past is the identity. One graph means the decoder weights are stored once (a pair doubles them, which
+hurts on an 8 GB Jetson), no ``If`` node (TensorRT handles control flow poorly) and one engine to build.
+Cross-attention keys/values are recomputed from ``encoder_hidden_states`` at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from edgevlp.bundle import TensorSpec
+from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
+
+__all__ = ["GraphExport", "graphs_for", "decoder_past_names"]
+
+
+@dataclass
+class GraphExport:
+    """One graph to export: a module, example inputs for tracing and its declared I/O."""
+
+    role: str
+    module: torch.nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def decoder_past_names(num_layers: int, prefix: str = "past_key_values") -> list[str]:
+    """``past_key_values.0.key, past_key_values.0.value, ...`` (or ``present.*``)."""
+    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+class _VisionEncoder(torch.nn.Module):
+    def __init__(self, adapter: CaptionerAdapter) -> None:
+        super().__init__()
+        self.model = adapter.model
+        self._encode = adapter.encode_image
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._encode(pixel_values)
+
+
+class _KVDecoder(torch.nn.Module):
+    """Flat-tensor wrapper around ``adapter.decode_step`` with an explicit self-attention cache."""
+
+    def __init__(self, adapter: CaptionerAdapter) -> None:
+        super().__init__()
+        self.model = adapter.model
+        self._step = adapter.decode_step
+        self.num_layers = adapter.kv_layout()[0]
+
+    def forward(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self_cache = DynamicCache()
+        for i in range(self.num_layers):
+            self_cache.update(past[2 * i], past[2 * i + 1], i)
+        logits, cache = self._step(input_ids, encoder_hidden_states,
+                                   EncoderDecoderCache(self_cache, DynamicCache()))
+        present: list[torch.Tensor] = []
+        for layer in cache.self_attention_cache.layers[: self.num_layers]:
+            present += [layer.keys, layer.values]
+        return (logits, *present)
+
+
+class _ImageHeads(torch.nn.Module):
+    def __init__(self, adapter: DetectorAdapter, names: list[str]) -> None:
+        super().__init__()
+        self.model = adapter.model
+        self._heads = adapter.image_heads
+        self.names = names
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self._heads(pixel_values)
+        return tuple(out[n] for n in self.names)
+
+
+class _TextEncoder(torch.nn.Module):
+    def __init__(self, adapter: DetectorAdapter) -> None:
+        super().__init__()
+        self.model = adapter.model
+        self._embed = adapter.text_embeddings
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._embed(input_ids, attention_mask)
+
+
+def _example_pixels(adapter: ModelAdapter, batch: int = 2) -> torch.Tensor:
+    _, c, h, w = adapter.preprocess_spec().input_shape
+    return torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
+
+
+def _captioner_graphs(adapter: CaptionerAdapter) -> list[GraphExport]:
+    pixels = _example_pixels(adapter)
+    _, c, h, w = pixels.shape
+    with torch.no_grad():
+        enc = adapter.encode_image(pixels)
+    _, enc_len, enc_dim = enc.shape
+    layers, heads, head_dim = adapter.kv_layout()
+    vocab = adapter.model.get_output_embeddings().weight.shape[0] if \
+        adapter.model.get_output_embeddings() is not None else None
+    vision = GraphExport(
+        role="vision_encoder",
+        module=_VisionEncoder(adapter),
+        example_inputs=(pixels,),
+        inputs=(TensorSpec("pixel_values", "float32", ("batch", c, h, w)),),
+        outputs=(TensorSpec("encoder_hidden_states", "float32", ("batch", enc_len, enc_dim)),),
+    )
+    # Trace with batch 2, 2 new tokens and 3 cached ones: sizes 0/1 would be specialised away.
+    gen = torch.Generator().manual_seed(1)
+    start = adapter.generation_settings()["decoder_start_token_id"] or 0
+    ids = torch.full((2, 2), int(start), dtype=torch.long)
+    past = tuple(torch.randn(2, heads, 3, head_dim, generator=gen) for _ in range(2 * layers))
+    kv_in = tuple(TensorSpec(n, "float32", ("batch", heads, "past_sequence", head_dim))
+                  for n in decoder_past_names(layers))
+    kv_out = tuple(TensorSpec(n, "float32", ("batch", heads, "total_sequence", head_dim))
+                   for n in decoder_past_names(layers, "present"))
+    decoder = GraphExport(
+        role="text_decoder",
+        module=_KVDecoder(adapter),
+        example_inputs=(ids, enc, *past),
+        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),
+                TensorSpec("encoder_hidden_states", "float32", ("batch", "encoder_sequence", enc_dim)),
+                *kv_in),
+        outputs=(TensorSpec("logits", "float32", ("batch", "sequence", vocab or "vocab")), *kv_out),
+    )
+    return [vision, decoder]
+
+
+def _detector_graphs(adapter: DetectorAdapter) -> list[GraphExport]:
+    pixels = _example_pixels(adapter)
+    _, c, h, w = pixels.shape
+    with torch.no_grad():
+        heads = adapter.image_heads(pixels)
+    names = list(heads)
+    image = GraphExport(
+        role="image_encoder",
+        module=_ImageHeads(adapter, names),
+        example_inputs=(pixels,),
+        inputs=(TensorSpec("pixel_values", "float32", ("batch", c, h, w)),),
+        outputs=tuple(TensorSpec(n, "float32", ("batch", *heads[n].shape[1:])) for n in names),
+    )
+    prompts = ["a red circle", "a small blue square", "cat"]
+    enc = adapter.encode_prompts(prompts)
+    with torch.no_grad():
+        text_dim = adapter.text_embeddings(**enc).shape[-1]
+    seq = enc["input_ids"].shape[1]
+    text = GraphExport(
+        role="text_encoder",
+        module=_TextEncoder(adapter),
+        example_inputs=(enc["input_ids"], enc["attention_mask"]),
+        inputs=(TensorSpec("input_ids", "int64", ("num_queries", seq)),
+                TensorSpec("attention_mask", "int64", ("num_queries", seq))),
+        outputs=(TensorSpec("text_embeds", "float32", ("num_queries", text_dim)),),
+    )
+    return [image, text]
+
+
+def graphs_for(adapter: ModelAdapter) -> list[GraphExport]:
+    """The graphs ``adapter``'s model is exported as, in execution order."""
+    if isinstance(adapter, CaptionerAdapter):
+        return _captioner_graphs(adapter)
+    if isinstance(adapter, DetectorAdapter):
+        return _detector_graphs(adapter)
+    raise TypeError(f"no export graphs for adapter {type(adapter).__name__}")

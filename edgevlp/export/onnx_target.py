@@ -1,0 +1,27 @@
+"""``--target cpu``: ONNX graphs for onnxruntime; INT8 as onnxruntime dynamic quantisation."""
+
+from __future__ import annotations
+
+from edgevlp.errors import InputError
+from edgevlp.export.context import ExportContext
+
+__all__ = ["write"]
+
+
+def write(ctx: ExportContext) -> None:
+    if ctx.precision == "fp16":
+        raise InputError("--precision fp16 is not offered for --target cpu: onnxruntime's CPU kernels "
+                         "run fp16 slower than fp32; use fp32, int8, or --target openvino/jetson for fp16")
+    if ctx.precision == "int8" and not ctx.prequantized:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        for graph in ctx.graphs:
+            src = ctx.root / graph.file
+            tmp = src.with_suffix(".int8.onnx")
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+            tmp.replace(src)
+        ctx.notes["quantization"] = {
+            "method": "onnxruntime dynamic int8",
+            "detail": "weights int8 (per-tensor), activations quantised at run time; no calibration. "
+                      "For calibrated static INT8 use `edgevlp compress` first.",
+        }

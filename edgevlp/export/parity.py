@@ -1,0 +1,150 @@
+"""Parity: the exported graphs, run by the runtime, against the source model on real photos.
+
+Captioners: encoder states, first-step logits and greedy decoding of N new tokens (ids must be
+identical at fp32). Detectors: final class logits (image graph + text graph + the runtime's class head),
+boxes and objectness, for two prompt sets. Every output's max abs difference is recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from edgevlp.bundle import Manifest
+from edgevlp.errors import ExportError
+from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
+from edgevlp.runtime.captioner import Captioner
+from edgevlp.runtime.detector import Detector, class_logits
+from edgevlp.runtime.loader import choose_backend
+from edgevlp.runtime.preprocess import normalize_reference
+from edgevlp.runtime.tokenizer import BundleTokenizer
+from edgevlp.spec import PreprocessSpec
+
+__all__ = ["PROMPT_SETS", "parity_photos", "parity_pixels", "check_parity"]
+
+PROMPT_SETS = (["a photo of a cat", "red circle"], ["blue square", "a small green triangle", "dog"])
+PHOTOS = ("astronaut", "coffee")
+
+
+def parity_photos() -> dict[str, np.ndarray]:
+    """Two real photos (scikit-image), RGB uint8."""
+    from skimage import data
+
+    return {name: getattr(data, name)() for name in PHOTOS}
+
+
+def parity_pixels(spec: PreprocessSpec, photos: dict[str, np.ndarray]) -> np.ndarray:
+    """A (2, 3, H, W) batch: each photo resized to the model size and normalised."""
+    _, _, h, w = spec.input_shape
+    rows = []
+    for rgb in photos.values():
+        small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        rows.append(normalize_reference(small, spec.mean, spec.std, spec.rescale, swap_rb=False))
+    return np.concatenate(rows)
+
+
+@dataclass
+class _Diffs:
+    atol: float
+    rtol: float
+
+    def __post_init__(self) -> None:
+        self.outputs: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, got: np.ndarray, ref: np.ndarray) -> None:
+        ref = np.asarray(ref, dtype=np.float64)
+        got = np.asarray(got, dtype=np.float64)
+        if got.shape != ref.shape:
+            raise ExportError(f"parity: output {name!r} has shape {got.shape}, source has {ref.shape}")
+        diff = float(np.abs(got - ref).max()) if ref.size else 0.0
+        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        allowed = self.atol + self.rtol * scale
+        prev = self.outputs.get(name)
+        if prev is None or diff > prev["max_abs_diff"]:
+            self.outputs[name] = {"max_abs_diff": diff, "max_abs_source": scale, "allowed": allowed,
+                                  "ok": diff <= allowed}
+
+
+def _captioner_parity(adapter: CaptionerAdapter, model: Captioner, pixels: np.ndarray, diffs: _Diffs,
+                      new_tokens: int) -> dict[str, Any]:
+    px = torch.from_numpy(pixels)
+    with torch.no_grad():
+        ref_enc = adapter.encode_image(px).numpy()
+        ref_logits = adapter.forward(px)["logits"].numpy()
+    diffs.add("encoder_hidden_states", model.encode(pixels), ref_enc)
+    start = int(model.generation["decoder_start_token_id"])
+    feeds = {"input_ids": np.full((pixels.shape[0], 1), start, np.int64),
+             "encoder_hidden_states": model.encode(pixels)}
+    empty = np.zeros((pixels.shape[0], model._heads, 0, model._head_dim), np.float32)
+    feeds.update({n: empty for n in model._past_names})
+    diffs.add("logits", model.decoder.run(feeds)["logits"], ref_logits)
+    ref_ids = adapter.generate(px, max_new_tokens=new_tokens).numpy()
+    got_ids = model.generate(pixels, max_new_tokens=new_tokens)
+    single = model.generate(pixels[:1], max_new_tokens=new_tokens)
+    identical = (got_ids.shape == ref_ids.shape and bool((got_ids == ref_ids).all())
+                 and single.shape[1] <= got_ids.shape[1]
+                 and bool((single[0] == got_ids[0, : single.shape[1]]).all()))
+    return {"greedy_new_tokens": new_tokens, "greedy_tokens_identical": identical,
+            "source_token_ids": ref_ids.tolist(), "exported_token_ids": got_ids.tolist()}
+
+
+def _detector_parity(adapter: DetectorAdapter, model: Detector, pixels: np.ndarray,
+                     diffs: _Diffs) -> dict[str, Any]:
+    heads = model.heads(pixels)
+    for prompts in PROMPT_SETS:
+        ref = adapter.forward(torch.from_numpy(pixels), prompts=prompts)
+        q = model.embed_prompts(prompts)
+        diffs.add("logits", class_logits(heads, q), ref["logits"].numpy())
+        diffs.add("pred_boxes", heads["pred_boxes"], ref["pred_boxes"].numpy())
+        if "objectness_logits" in ref:
+            diffs.add("objectness_logits", heads["objectness_logits"], ref["objectness_logits"].numpy())
+    return {"prompt_sets": [list(p) for p in PROMPT_SETS]}
+
+
+def check_parity(adapter: ModelAdapter, manifest: Manifest, *, atol: float, rtol: float,
+                 new_tokens: int = 20, require_identical_tokens: bool = True) -> dict[str, Any]:
+    """Run the bundle at ``manifest.path`` and the source model; raise :class:`ExportError` naming the
+    first output beyond tolerance. Returns the record written into the manifest."""
+    assert manifest.path is not None
+    backend = choose_backend(manifest)
+    sessions = {role: backend.open(manifest.path, g) for role, g in manifest.graphs.items()}
+    tokenizer = BundleTokenizer.from_file(manifest.path / manifest.tokenizer["file"])
+    photos = parity_photos()
+    pixels = parity_pixels(PreprocessSpec.from_dict(manifest.preprocess), photos)
+    diffs = _Diffs(atol, rtol)
+    # Graphs made static (batch 1) for TensorRT take the photos one at a time.
+    first = next(iter(manifest.graphs.values())).inputs[0]
+    batches = [pixels] if isinstance(first.shape[0], str) else [pixels[i:i + 1] for i in range(len(pixels))]
+    extra: dict[str, Any] = {}
+    for batch in batches:
+        if isinstance(adapter, CaptionerAdapter):
+            one = _captioner_parity(adapter, Captioner(manifest, sessions, tokenizer), batch, diffs,
+                                    new_tokens)
+            if extra:
+                one["greedy_tokens_identical"] &= extra["greedy_tokens_identical"]
+                one["source_token_ids"] = extra["source_token_ids"] + one["source_token_ids"]
+                one["exported_token_ids"] = extra["exported_token_ids"] + one["exported_token_ids"]
+            extra = one
+        else:
+            assert isinstance(adapter, DetectorAdapter)
+            extra = _detector_parity(adapter, Detector(manifest, sessions, tokenizer), batch, diffs)
+    record = {"backend": backend.name, "images": list(photos), "tolerance": {"atol": atol, "rtol": rtol},
+              "outputs": diffs.outputs, **extra}
+    bad = [(n, o) for n, o in diffs.outputs.items() if not o["ok"]]
+    tokens_bad = require_identical_tokens and extra.get("greedy_tokens_identical") is False
+    record["passed"] = not bad and not tokens_bad
+    if bad:
+        name, o = bad[0]
+        raise ExportError(f"parity failed for output {name!r}: max |exported - source| = "
+                          f"{o['max_abs_diff']:.3g} > allowed {o['allowed']:.3g} (atol {atol} + rtol "
+                          f"{rtol} x {o['max_abs_source']:.3g}); use a higher precision or "
+                          "--skip-parity to write an unverified bundle")
+    if tokens_bad:
+        raise ExportError(f"parity failed: greedy decoding of {new_tokens} tokens differs from "
+                          f"transformers (source {extra['source_token_ids']}, exported "
+                          f"{extra['exported_token_ids']}); use --skip-parity to write it unverified")
+    return record

@@ -1,0 +1,145 @@
+"""Target profiles (``export/targets/*.toml``): shapes, precision, device facts per deployment target."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from edgevlp.bundle import GraphSpec
+from edgevlp.errors import InputError
+
+__all__ = ["TARGETS", "PRECISIONS", "TargetProfile", "load_profile", "profiles_dir"]
+
+#: target -> default profile name
+TARGETS: dict[str, str] = {"cpu": "cpu", "openvino": "cpu", "jetson": "jetson-orin-nano",
+                           "laptop-gpu": "laptop-gpu"}
+PRECISIONS = ("fp32", "fp16", "int8")
+_PROFILE_TARGETS = {"cpu": ("cpu", "openvino"), "jetson": ("jetson",), "laptop-gpu": ("laptop-gpu",)}
+_KEYS = {"name", "target", "description", "precision", "image_size", "static_batch", "workspace_mib",
+         "dla_core", "jetpack", "tensorrt", "cuda", "openvino_device", "shapes", "generation",
+         "tolerance"}
+
+
+def profiles_dir() -> Path:
+    """``export/targets`` of the source tree, or the copy installed inside the package."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "export" / "targets", here.parent / "targets"):
+        if candidate.is_dir():
+            return candidate
+    raise InputError("target profiles not found (export/targets); reinstall edgevlp")
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """A parsed target profile."""
+
+    name: str
+    target: str
+    description: str
+    precision: str
+    shapes: dict[str, tuple[int, int, int]]
+    max_new_tokens: int = 20
+    static_batch: bool = False
+    workspace_mib: int = 1024
+    dla_core: int = -1
+    openvino_device: str = "CPU"
+    versions: dict[str, str] = field(default_factory=dict)
+    tolerance: dict[str, tuple[float, float]] = field(default_factory=dict)
+    path: str = ""
+
+    def range_of(self, dim: str, graph_static: int | None = None) -> tuple[int, int, int]:
+        """min/opt/max for a dynamic dimension name."""
+        if dim in self.shapes:
+            return self.shapes[dim]
+        if dim == "total_sequence":
+            lo, opt, hi = self.shapes["past_sequence"]
+            s_lo, s_opt, s_hi = self.shapes["sequence"]
+            return (lo + s_lo, opt + s_opt, hi + s_hi)
+        if graph_static is not None:
+            return (graph_static,) * 3
+        raise InputError(f"profile {self.name} has no [shapes] entry for dynamic dimension {dim!r}")
+
+    def input_shapes(self, graph: GraphSpec, static: dict[str, int]) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """``{input: (min_shape, opt_shape, max_shape)}`` for TensorRT profiles."""
+        out = {}
+        for t in graph.inputs:
+            dims = [self.range_of(d, static.get(d)) if isinstance(d, str) else (d, d, d) for d in t.shape]
+            out[t.name] = tuple(tuple(int(d[i]) for d in dims) for i in range(3))
+        return out
+
+    def tolerance_for(self, precision: str) -> tuple[float, float]:
+        return self.tolerance.get(precision, {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 2e-2),
+                                              "int8": (5e-2, 1e-1)}[precision])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "target": self.target, "description": self.description,
+                "precision": self.precision, "static_batch": self.static_batch,
+                "workspace_mib": self.workspace_mib, "dla_core": self.dla_core,
+                "openvino_device": self.openvino_device, "max_new_tokens": self.max_new_tokens,
+                "shapes": {k: list(v) for k, v in self.shapes.items()}, "versions": self.versions,
+                "tolerance": {k: list(v) for k, v in self.tolerance.items()}}
+
+
+def load_profile(name_or_path: str | os.PathLike[str]) -> TargetProfile:
+    """Load a profile by name (``jetson-orin-nano``) or path (``export/targets/x.toml``)."""
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    if not path.suffix:
+        path = profiles_dir() / f"{text}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in profiles_dir().glob("*.toml"))
+        raise InputError(f"no target profile {text!r}; known profiles: {', '.join(known)} "
+                         "(or pass a path to a .toml file)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"profile {path} is not valid TOML: {err}") from None
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise InputError(f"profile {path} has unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+    try:
+        shapes = {k: tuple(int(x) for x in v) for k, v in data.get("shapes", {}).items()}
+        for k, v in shapes.items():
+            if len(v) != 3 or not (0 <= v[0] <= v[1] <= v[2]):
+                raise InputError(f"profile {path}: shapes.{k} must be [min, opt, max] with "
+                                 f"0 <= min <= opt <= max, got {list(v)}")
+        for required in ("batch", "sequence", "past_sequence", "num_queries"):
+            if required not in shapes:
+                raise InputError(f"profile {path} needs shapes.{required} = [min, opt, max]")
+        precision = data.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise InputError(f"profile {path}: precision {precision!r} is not one of {PRECISIONS}")
+        target = data.get("target")
+        if target not in _PROFILE_TARGETS:
+            raise InputError(f"profile {path}: target {target!r} is not one of {sorted(_PROFILE_TARGETS)}")
+        if data.get("image_size", "model") != "model":
+            raise InputError(f"profile {path}: image_size must be \"model\" (ViT position embeddings "
+                             "fix the input size; re-train or fine-tune for another size)")
+        tolerance = {k: (float(v["atol"]), float(v["rtol"])) for k, v in data.get("tolerance", {}).items()}
+        return TargetProfile(
+            name=str(data.get("name", path.stem)), target=target,
+            description=str(data.get("description", "")), precision=precision, shapes=shapes,
+            max_new_tokens=int(data.get("generation", {}).get("max_new_tokens", 20)),
+            static_batch=bool(data.get("static_batch", False)),
+            workspace_mib=int(data.get("workspace_mib", 1024)), dla_core=int(data.get("dla_core", -1)),
+            openvino_device=str(data.get("openvino_device", "CPU")),
+            versions={k: str(data[k]) for k in ("jetpack", "tensorrt", "cuda") if k in data},
+            tolerance=tolerance, path=str(path))
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"profile {path} is malformed: {type(err).__name__}: {err}") from None
+
+
+def check_profile_target(profile: TargetProfile, target: str) -> None:
+    if target not in _PROFILE_TARGETS[profile.target]:
+        raise InputError(f"profile {profile.name} is written for target {profile.target!r}, not "
+                         f"{target!r}; pick a profile for {target} (e.g. {TARGETS[target]})")

@@ -1,0 +1,59 @@
+"""onnxruntime: CPU everywhere; CUDA and TensorRT execution providers when the build has them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from edgevlp.bundle import GraphSpec
+from edgevlp.errors import BackendUnavailableError, BundleError
+from edgevlp.runtime.backends import Backend, GraphSession
+
+__all__ = ["OnnxRuntimeBackend"]
+
+_DEVICE_PROVIDERS = {
+    None: ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+
+
+class _OrtSession(GraphSession):
+    def __init__(self, graph: GraphSpec, session) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(graph)
+        self.session = session
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(self.output_names, {k: feeds[k] for k in self.input_names})
+        return dict(zip(self.output_names, outputs))
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs ONNX graphs with onnxruntime; ``device`` is ``cpu``, ``cuda``, ``tensorrt`` or None (best)."""
+
+    name = "onnxruntime"
+    module = "onnxruntime"
+
+    def open(self, root: Path, graph: GraphSpec) -> GraphSession:
+        import onnxruntime as ort
+
+        if graph.format != "onnx":
+            raise BundleError(f"graph {graph.role!r} is {graph.format}, not ONNX; use the "
+                              f"{graph.format} backend")
+        if self.device not in _DEVICE_PROVIDERS:
+            raise BackendUnavailableError(f"onnxruntime device {self.device!r} is not one of "
+                                          "cpu, cuda, tensorrt")
+        have = set(ort.get_available_providers())
+        providers = [p for p in _DEVICE_PROVIDERS[self.device] if p in have]
+        if self.device not in (None, "cpu") and providers == ["CPUExecutionProvider"]:
+            raise BackendUnavailableError(
+                f"onnxruntime here has no {self.device.upper()} execution provider (has: "
+                f"{', '.join(sorted(have))}); install onnxruntime-gpu or use --device cpu")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(root / graph.file), sess_options=options, providers=providers)
+        return _OrtSession(graph, session)

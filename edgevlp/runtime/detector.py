@@ -1,0 +1,149 @@
+"""Open-vocabulary detection from a bundle: image graph per frame, text graph once per prompt set."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from edgevlp.bundle import Manifest
+from edgevlp.errors import InputError
+from edgevlp.runtime.backends import GraphSession
+from edgevlp.runtime.results import Detections
+from edgevlp.runtime.tokenizer import BundleTokenizer
+from edgevlp.spec import PreprocessSpec
+
+__all__ = ["Detector", "class_logits", "nms"]
+
+
+def class_logits(heads: Mapping[str, np.ndarray], text_embeds: np.ndarray) -> np.ndarray:
+    """OWL-ViT's class head, exactly: ``(class_embeds . q/(|q|+1e-6) + shift) * scale`` -> (B, P, Q)."""
+    q = text_embeds / (np.linalg.norm(text_embeds, axis=-1, keepdims=True) + 1e-6)
+    return (heads["class_embeds"] @ q.T + heads["logit_shift"]) * heads["logit_scale"]
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+class Detector:
+    """OWL-ViT v1/v2 detection with prompts that can change at any time.
+
+    Example:
+        >>> from edgevlp.runtime import load
+        >>> detector = load("bundles/owl-cpu")                  # doctest: +SKIP
+        >>> detector.set_prompts(["red circle", "person"])       # doctest: +SKIP
+        >>> detector.detect(frame_bgr, threshold=0.2).boxes_xyxy # doctest: +SKIP
+    """
+
+    def __init__(self, manifest: Manifest, sessions: Mapping[str, GraphSession],
+                 tokenizer: BundleTokenizer) -> None:
+        self.manifest = manifest
+        self.image = sessions["image_encoder"]
+        self.text = sessions["text_encoder"]
+        self.tokenizer = tokenizer
+        self.spec = PreprocessSpec.from_dict(manifest.preprocess)
+        self.settings = dict(manifest.detection)
+        self.prompts: list[str] = []
+        self._text_embeds: np.ndarray | None = None
+
+    def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:
+        """Normalised text embeddings (Q, D) for ``prompts`` (validated)."""
+        clean = _validate_prompts(prompts)
+        ids, mask = self.tokenizer.encode_prompts(clean, length=int(self.settings["max_text_length"]),
+                                                  pad_id=int(self.settings["pad_token_id"]))
+        return self.text.run({"input_ids": ids, "attention_mask": mask})["text_embeds"]
+
+    def set_prompts(self, prompts: Sequence[str]) -> None:
+        """Encode the prompts once; every later :meth:`detect` uses them."""
+        embeds = self.embed_prompts(prompts)
+        self.prompts = _validate_prompts(prompts)
+        self._text_embeds = embeds
+
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        """The exact float32 NCHW tensor fed to the image graph for a BGR uint8 ``frame``."""
+        from edgevlp.runtime.preprocess import preprocess
+
+        return preprocess(frame, self.spec)[0]
+
+    def heads(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        return self.image.run({"pixel_values": pixel_values})
+
+    def logits(self, pixel_values: np.ndarray, text_embeds: np.ndarray | None = None) -> np.ndarray:
+        """Class logits (B, patches, Q) for the current (or given) prompt embeddings."""
+        q = self._require_prompts() if text_embeds is None else text_embeds
+        return class_logits(self.heads(pixel_values), q)
+
+    def detect(self, frame: np.ndarray, threshold: float = 0.1, nms_iou: float = 0.3) -> Detections:
+        """Detect the current prompts in a BGR uint8 frame; boxes in frame pixels."""
+        from edgevlp.runtime.preprocess import preprocess
+
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"threshold must be in [0, 1], got {threshold}")
+        q = self._require_prompts()
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        pixels, transform = preprocess(frame, self.spec)
+        t1 = time.perf_counter()
+        heads = self.heads(pixels)
+        t2 = time.perf_counter()
+        logits = class_logits(heads, q)[0]
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        scores, labels = probs.max(axis=-1), probs.argmax(axis=-1)
+        cx, cy, w, h = heads["pred_boxes"][0].T
+        _, _, in_h, in_w = pixels.shape
+        boxes = np.stack([(cx - w / 2) * in_w, (cy - h / 2) * in_h, (cx + w / 2) * in_w,
+                          (cy + h / 2) * in_h], axis=1)
+        boxes = transform.to_frame(boxes, frame.shape[:2])
+        keep = np.nonzero(scores >= threshold)[0]
+        kept: list[np.ndarray] = []
+        for label in np.unique(labels[keep]):
+            idx = keep[labels[keep] == label]
+            kept.append(idx[nms(boxes[idx], scores[idx], nms_iou)])
+        sel = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+        sel = sel[np.argsort(-scores[sel], kind="stable")]
+        timings.update(preprocess=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3,
+                       postprocess=(time.perf_counter() - t2) * 1e3)
+        return Detections(boxes_xyxy=boxes[sel].astype(np.float32), scores=scores[sel].astype(np.float32),
+                          labels=labels[sel].astype(np.int64), label_names=list(self.prompts),
+                          timings=timings)
+
+    def _require_prompts(self) -> np.ndarray:
+        if self._text_embeds is None:
+            raise InputError("no prompts set: call set_prompts([...]) before detect()")
+        return self._text_embeds
+
+
+def _validate_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise InputError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    if not prompts:
+        raise InputError("the prompt list is empty: give at least one prompt, e.g. ['person']")
+    clean = []
+    for p in prompts:
+        if isinstance(p, bytes):
+            try:
+                p = p.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"prompt {p!r} is not valid UTF-8 text") from None
+        if not isinstance(p, str):
+            raise InputError(f"each prompt must be a string, got {type(p).__name__}")
+        if not p.strip():
+            raise InputError("prompts must not be empty or blank")
+        clean.append(p.strip())
+    return clean
