@@ -8,6 +8,9 @@
 // as the numpy reference, normalize_reference() in edgevlp/runtime/preprocess.py; the tests compare
 // both, message included. The pixel loop runs without the GIL.
 
+#include "pyutil.h"
+#include "resize.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -20,95 +23,7 @@ namespace py = pybind11;
 
 namespace {
 
-// One call handles at most this many values (H * W * 3): 8 GiB of float32 output.
-constexpr py::ssize_t kMaxValues = py::ssize_t{1} << 31;
-
-std::string repr_str(py::handle obj) { return py::repr(obj).cast<std::string>(); }
-
-std::string type_name(py::handle obj) {
-    return py::type::handle_of(obj).attr("__name__").cast<std::string>();
-}
-
-// Same text as Python's repr() of the shape tuple: "(4, 4, 3)", "(5,)", "()".
-std::string shape_str(const py::array& arr) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
-        if (i > 0) s += ", ";
-        s += std::to_string(arr.shape(i));
-    }
-    if (arr.ndim() == 1) s += ",";
-    return s + ")";
-}
-
-std::string dtype_str(const py::array& arr) { return py::str(arr.dtype()).cast<std::string>(); }
-
-bool is_text(py::handle obj) {
-    return PyUnicode_Check(obj.ptr()) || PyBytes_Check(obj.ptr()) || PyByteArray_Check(obj.ptr());
-}
-
-// A number as float() would take it, but without parsing strings (PyFloat_AsDouble rules).
-bool to_real(py::handle obj, double* value) {
-    if (is_text(obj)) return false;
-    const double v = PyFloat_AsDouble(obj.ptr());
-    if (v == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return false;
-    }
-    *value = v;
-    return true;
-}
-
-// mean / std: a sequence of exactly 3 real numbers.
-void to_triplet(py::handle obj, const char* name, double out[3]) {
-    const std::string expected = std::string(name) + " must be a sequence of 3 numbers (R, G, B), got ";
-    if (is_text(obj)) throw py::type_error(expected + repr_str(obj));
-    const Py_ssize_t n = PyObject_Size(obj.ptr());
-    if (n < 0) {
-        PyErr_Clear();
-        throw py::type_error(expected + repr_str(obj));
-    }
-    if (n != 3) throw py::value_error(expected + std::to_string(n) + " values: " + repr_str(obj));
-    for (int i = 0; i < 3; ++i) {
-        const py::object index = py::int_(i);
-        PyObject* item = PyObject_GetItem(obj.ptr(), index.ptr());  // value[i], as Python indexes
-        if (item == nullptr) {
-            PyErr_Clear();
-            throw py::type_error(expected + repr_str(obj));
-        }
-        const py::object owned = py::reinterpret_steal<py::object>(item);
-        if (!to_real(owned, &out[i])) {
-            throw py::type_error(std::string(name) + "[" + std::to_string(i) + "] must be a number, got " +
-                                 repr_str(owned));
-        }
-    }
-    for (int i = 0; i < 3; ++i) {
-        if (!std::isfinite(out[i])) {
-            throw py::value_error(std::string(name) + " must contain finite numbers, got " + repr_str(obj));
-        }
-    }
-}
-
-bool is_bool(py::handle obj) {
-    if (PyBool_Check(obj.ptr())) return true;
-    static const py::object* np_bool = nullptr;
-    if (np_bool == nullptr) {
-        // Leaked on purpose: lives as long as the interpreter, avoids teardown-order issues.
-        np_bool = new py::object(py::module_::import("numpy").attr("bool_"));
-    }
-    return py::isinstance(obj, *np_bool);
-}
-
-// Byte extent [lo, hi) an array's elements can touch, as numpy.may_share_memory computes it.
-void byte_bounds(const py::array& arr, std::intptr_t* lo, std::intptr_t* hi) {
-    std::intptr_t low = reinterpret_cast<std::intptr_t>(arr.data());
-    std::intptr_t high = low;
-    for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
-        const std::intptr_t span = static_cast<std::intptr_t>(arr.shape(i) - 1) * arr.strides(i);
-        if (span < 0) low += span; else high += span;
-    }
-    *lo = low;
-    *hi = high + arr.itemsize();
-}
+using namespace edgevlp_py;
 
 // Pixels per block of the packed path.
 constexpr int kBlock = 64;
@@ -160,36 +75,8 @@ py::object normalize(const py::object& image_obj, const py::object& mean_obj, co
     // ---- arguments (same order and text as normalize_reference) ----
     if (!is_bool(swap_obj)) throw py::type_error("swap_rb must be True or False, got " + repr_str(swap_obj));
     const bool swap_rb = py::cast<bool>(swap_obj);
-    const std::string order = swap_rb ? "BGR" : "RGB";
-
-    if (!py::isinstance<py::array>(image_obj)) {
-        throw py::type_error("image must be a numpy.ndarray (uint8 HxWx3, " + order + "), got " +
-                             type_name(image_obj));
-    }
-    const auto image = py::reinterpret_borrow<py::array>(image_obj);
-    const bool is_u8 = image.dtype().kind() == 'u' && image.itemsize() == 1;
-    if (!is_u8 || image.ndim() != 3 || image.shape(2) != 3) {
-        std::string hint;
-        if (!is_u8) {
-            hint = "; convert it to uint8 (values 0..255) first";
-        } else if (image.ndim() == 2 || (image.ndim() == 3 && image.shape(2) == 1)) {
-            hint = "; expand grayscale with cv2.cvtColor(img, cv2.COLOR_GRAY2" + order + ")";
-        } else if (image.ndim() == 3 && image.shape(2) == 4) {
-            hint = "; drop alpha with cv2.cvtColor(img, cv2.COLOR_" + order + "A2" + order + ")";
-        } else if (image.ndim() == 4) {
-            hint = "; pass one frame at a time, e.g. batch[0]";
-        }
-        throw py::value_error("image must be uint8 HxWx3 (" + order + "), got " + dtype_str(image) +
-                              " with shape " + shape_str(image) + hint);
-    }
+    const py::array image = check_image(image_obj, swap_rb);
     const py::ssize_t height = image.shape(0), width = image.shape(1);
-    if (height == 0 || width == 0) {
-        throw py::value_error("image is empty (shape " + shape_str(image) + "); expected H >= 1 and W >= 1");
-    }
-    if (width > kMaxValues / 3 || height > kMaxValues / (3 * width)) {
-        throw py::value_error("image is too large: shape " + shape_str(image) + " has more than " +
-                              std::to_string(kMaxValues) + " values; resize or tile the frame first");
-    }
 
     double mean[3], stdv[3], scale = 0.0;
     to_triplet(mean_obj, "mean", mean);
@@ -201,40 +88,8 @@ py::object normalize(const py::object& image_obj, const py::object& mean_obj, co
     if (!std::isfinite(scale)) throw py::value_error("scale must be finite, got " + repr_str(scale_obj));
 
     // ---- output buffer ----
-    const std::string hw = std::to_string(height) + ", " + std::to_string(width);
-    py::array out;
-    if (out_obj.is_none()) {
-        out = py::array_t<float>(std::vector<py::ssize_t>{1, 3, height, width});
-    } else {
-        if (!py::isinstance<py::array>(out_obj)) {
-            throw py::type_error("out must be a numpy.ndarray (float32, shape (1, 3, " + hw + ")), got " +
-                                 type_name(out_obj));
-        }
-        out = py::reinterpret_borrow<py::array>(out_obj);
-        const bool shape_ok =
-            (out.ndim() == 4 && out.shape(0) == 1 && out.shape(1) == 3 && out.shape(2) == height &&
-             out.shape(3) == width) ||
-            (out.ndim() == 3 && out.shape(0) == 3 && out.shape(1) == height && out.shape(2) == width);
-        if (!out.dtype().equal(py::dtype::of<float>()) || !shape_ok) {
-            throw py::value_error("out must be float32 with shape (1, 3, " + hw + ") or (3, " + hw +
-                                  "), got " + dtype_str(out) + " with shape " + shape_str(out));
-        }
-        const int flags = out.flags();
-        std::string problems;
-        auto add = [&problems](const char* what) { problems += (problems.empty() ? "" : ", ") + std::string(what); };
-        if (!(flags & py::array::c_style)) add("not C-contiguous");
-        if (!out.writeable()) add("read-only");
-        if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) add("not aligned");
-        if (!problems.empty()) {
-            throw py::value_error("out is " + problems + "; pass np.empty((1, 3, " + hw + "), np.float32)");
-        }
-        std::intptr_t ilo, ihi, olo, ohi;
-        byte_bounds(image, &ilo, &ihi);
-        byte_bounds(out, &olo, &ohi);
-        if (ilo < ohi && olo < ihi) {
-            throw py::value_error("out overlaps the image's memory; pass a separate buffer");
-        }
-    }
+    py::array out = check_out(out_obj, {1}, height, width);
+    if (!out_obj.is_none()) check_no_overlap(image, out);
 
     // Coefficients indexed by *source* channel, so the row loops need no branch on swap_rb.
     Coeffs k{};
@@ -284,10 +139,11 @@ py::object normalize(const py::object& image_obj, const py::object& mean_obj, co
 PYBIND11_MODULE(_preprocess, m) {
     m.doc() = "C++ image preprocessing for edgevlp.runtime.preprocess (use that module, not this one).";
     // Bumped when normalize()'s signature or semantics change; the Python wrapper checks it.
-    m.attr("ABI_VERSION") = 1;
+    m.attr("ABI_VERSION") = 2;
     m.def("normalize", &normalize, py::arg("image"), py::arg("mean"), py::arg("std"),
           py::arg("scale") = 1.0 / 255.0, py::arg("swap_rb") = true, py::arg("out") = py::none(),
           "normalize(image, mean, std, scale=1/255, swap_rb=True, out=None) -> float32 (1, 3, H, W)\n\n"
           "uint8 HxWx3 frame (any strides) -> (src * scale - mean) / std, channels first; BGR -> RGB "
           "when swap_rb. Writes into and returns `out` when given. See edgevlp.runtime.preprocess.");
+    edgevlp::register_resize(m);
 }

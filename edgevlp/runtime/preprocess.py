@@ -1,8 +1,14 @@
 """Frame preprocessing for the runtime: uint8 HxWx3 frame -> normalised float32 NCHW tensor.
 
+* :func:`preprocess` / :func:`preprocess_batch`: what the runtime calls. Resize (as a
+  :class:`~edgevlp.spec.PreprocessSpec` says), BGR -> RGB, normalise, and a :class:`Transform` to map
+  detections back to frame pixels.
+* :func:`normalize`: normalisation only, for frames already at the model's size.
+
 Two implementations with one contract: the C++ extension :mod:`edgevlp._preprocess` (fast, releases
-the GIL) and :func:`normalize_reference` (pure numpy, always available). :func:`normalize` picks the
-extension when it is built, unless the environment variable ``EDGEVLP_PREPROCESS`` says otherwise:
+the GIL) and the references :func:`preprocess_reference` (numpy + cv2.resize on float32) and
+:func:`normalize_reference` (pure numpy). The dispatchers pick the extension when it is built, unless
+the environment variable ``EDGEVLP_PREPROCESS`` says otherwise:
 
 * unset, empty or ``auto``: the extension if it imports, else the reference;
 * ``reference``: always the reference;
@@ -70,7 +76,7 @@ else:
 
 
 def backend_name() -> Literal["extension", "reference"]:
-    """Which implementation :func:`normalize` uses now, given ``EDGEVLP_PREPROCESS``.
+    """Which implementation :func:`normalize` and :func:`preprocess` use now, given ``EDGEVLP_PREPROCESS``.
 
     Raises :class:`ImportError` when the variable asks for the extension and it is not built, and
     :class:`ValueError` for a value other than ``auto``, ``extension`` or ``reference``.
