@@ -44,3 +44,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
         return cache[architecture]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_model_dir, tmp_path_factory):
+    """Factory: (architecture, target) -> bundle of the tiny model, exported once per session."""
+    from edgevlp.export import export_model
+
+    cache: dict[tuple[str, str], Path] = {}
+
+    def make(arch: str, target: str = "cpu") -> Path:
+        if (arch, target) not in cache:
+            out = tmp_path_factory.mktemp("bundles") / f"{arch}-{target}"
+            export_model(tiny_model_dir(arch), out, target=target, progress=False)
+            cache[arch, target] = out
+        return cache[arch, target]
+
+    return make

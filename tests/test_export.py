@@ -26,23 +26,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 SCHEMA = json.loads((Path(__file__).parents[1] / "edgevlp" / "bundle.schema.json").read_text())
 
 
-@pytest.fixture(scope="session")
-def exported(tiny_model_dir, tmp_path_factory):
-    """Factory: (architecture, target) -> bundle path, exported once per session."""
-    from edgevlp.export import export_model
-
-    cache: dict[tuple[str, str], Path] = {}
-
-    def make(arch: str, target: str) -> Path:
-        if (arch, target) not in cache:
-            out = tmp_path_factory.mktemp("bundles") / f"{arch}-{target}"
-            export_model(tiny_model_dir(arch), out, target=target, progress=False)
-            cache[arch, target] = out
-        return cache[arch, target]
-
-    return make
-
-
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bundle_is_valid_and_equal_to_source(exported, arch, target) -> None:

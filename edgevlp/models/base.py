@@ -127,8 +127,13 @@ class ModelAdapter(ABC):
 
     def save_tokenizer(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write the fast tokenizer as ``out_dir/tokenizer.json`` (all the runtime needs)."""
+        from tokenizers import Tokenizer
+
         path = Path(out_dir) / "tokenizer.json"
-        self.tokenizer.backend_tokenizer.save(str(path))
+        backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        backend.no_truncation()  # HF leaves the last call's padding/truncation in the backend
+        backend.no_padding()
+        backend.save(str(path))
         return path
 
     def parameter_counts(self) -> dict[str, int]:

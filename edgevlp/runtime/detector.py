@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -93,35 +93,45 @@ class Detector:
         """Detect the current prompts in a BGR uint8 frame; boxes in frame pixels."""
         from edgevlp.runtime.preprocess import preprocess
 
-        if not 0.0 <= threshold <= 1.0:
-            raise InputError(f"threshold must be in [0, 1], got {threshold}")
         q = self._require_prompts()
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
         pixels, transform = preprocess(frame, self.spec)
         t1 = time.perf_counter()
         heads = self.heads(pixels)
         t2 = time.perf_counter()
-        logits = class_logits(heads, q)[0]
+        result = self.postprocess(heads, q, transform.to_frame, threshold=threshold, nms_iou=nms_iou)
+        result.timings.update(preprocess=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3,
+                              postprocess=(time.perf_counter() - t2) * 1e3)
+        return result
+
+    def postprocess(self, heads: Mapping[str, np.ndarray], text_embeds: np.ndarray,
+                    to_frame: Callable[[np.ndarray], np.ndarray], *, threshold: float = 0.1,
+                    nms_iou: float = 0.3) -> Detections:
+        """Heads of one image -> scored, thresholded, per-class NMS'd boxes mapped by ``to_frame``
+        (model-input pixels -> frame pixels). ``nms_iou=1`` keeps every box (HF's behaviour)."""
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"threshold must be in [0, 1], got {threshold}")
+        if not 0.0 < nms_iou <= 1.0:
+            raise InputError(f"nms_iou must be in (0, 1], got {nms_iou}")
+        logits = class_logits(heads, text_embeds)[0]
         probs = 1.0 / (1.0 + np.exp(-logits))
         scores, labels = probs.max(axis=-1), probs.argmax(axis=-1)
         cx, cy, w, h = heads["pred_boxes"][0].T
-        _, _, in_h, in_w = pixels.shape
-        boxes = np.stack([(cx - w / 2) * in_w, (cy - h / 2) * in_h, (cx + w / 2) * in_w,
-                          (cy + h / 2) * in_h], axis=1)
-        boxes = transform.to_frame(boxes, frame.shape[:2])
-        keep = np.nonzero(scores >= threshold)[0]
+        in_h, in_w = self.spec.input_shape[2:]
+        boxes = to_frame(np.stack([(cx - w / 2) * in_w, (cy - h / 2) * in_h, (cx + w / 2) * in_w,
+                                   (cy + h / 2) * in_h], axis=1))
+        # Boxes entirely in the padding (letterbox / OWLv2's square) clip to nothing in the frame.
+        visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        keep = np.nonzero((scores >= threshold) & visible)[0]
         kept: list[np.ndarray] = []
         for label in np.unique(labels[keep]):
             idx = keep[labels[keep] == label]
-            kept.append(idx[nms(boxes[idx], scores[idx], nms_iou)])
+            kept.append(idx[nms(boxes[idx], scores[idx], nms_iou)] if nms_iou < 1.0 else idx)
         sel = np.concatenate(kept) if kept else np.zeros(0, np.int64)
         sel = sel[np.argsort(-scores[sel], kind="stable")]
-        timings.update(preprocess=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3,
-                       postprocess=(time.perf_counter() - t2) * 1e3)
         return Detections(boxes_xyxy=boxes[sel].astype(np.float32), scores=scores[sel].astype(np.float32),
                           labels=labels[sel].astype(np.int64), label_names=list(self.prompts),
-                          timings=timings)
+                          timings={})
 
     def _require_prompts(self) -> np.ndarray:
         if self._text_embeds is None:

@@ -22,6 +22,9 @@ class BundleTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
+        # Padding/truncation are ours to apply (a silently truncated prompt would change its meaning).
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
         self.tokenizer = tokenizer
 
     @classmethod
