@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgevlp._io import read_json_object
 from edgevlp.errors import BundleError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TensorSpec", "GraphSpec", "Manifest",
@@ -201,12 +202,7 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> Manif
     if not manifest_path.is_file():
         raise BundleError(f"{root} is not a bundle: it has no {MANIFEST_FILE} "
                           "(write one with `edgevlp export`)")
-    try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{manifest_path} is not valid JSON ({err}); re-export the bundle") from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{manifest_path} must hold a JSON object")
+    data = read_json_object(manifest_path, BundleError, "re-export the bundle")
     manifest = Manifest.from_dict(data, path=root)
     if verify:
         verify_files(manifest)

@@ -196,17 +196,124 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preprocess", action="store_true", help="compare preprocessing implementations")
 
 
+# ----------------------------------------------------------------------------------------- eval
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", help="model or bundle")
-    p.add_argument("--data", default="shapes:val", help="shapes:val | shapes:heldout | coco:PATH")
-    p.add_argument("--json", dest="json_out", help="write the metrics as JSON to this file")
+    p.add_argument("target", help="model dir, demo-zoo name, hub id or bundle directory")
+    p.add_argument("--data", default="shapes:val",
+                   help="shapes:val | shapes:heldout | shapes:SPLIT:N[:START] | coco:PATH (default shapes:val)")
+    p.add_argument("--n", type=int, help="number of images (default: all of a COCO file, 500 shape scenes)")
+    p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch for PyTorch models")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgevlp.bundle import is_bundle
+    from edgevlp.data import parse_data_spec
+    from edgevlp.errors import InputError
+
+    parse_data_spec(args.data)  # fail fast (no torch import) on a bad --data
+    if args.n is not None and args.n < 1:
+        raise InputError(f"--n {args.n}: expected a positive number of images")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}: expected a positive number")
+    if not is_bundle(args.target):
+        from edgevlp.models import inspect_model
+
+        inspect_model(args.target)
+    from edgevlp.eval import evaluate
+
+    result = evaluate(args.target, args.data, args.n, batch_size=args.batch_size,
+                      progress=not args.no_progress)
+    print(_format_eval(result))
+    if args.json_out:
+        path = Path(args.json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+def _format_eval(r: dict[str, Any]) -> str:
+    if r["task"] == "caption":
+        rows = [("BLEU-4", r["bleu4"]), ("CIDEr", r["cider"]), ("BLEU-1", r["bleu1"])]
+    else:
+        rows = [("mAP@[.5:.95]", r["map"]), ("mAP@.5", r["map50"]), ("mAP@.75", r["map75"])]
+        if "heldout_pairs" in r:
+            h = r["heldout_pairs"]
+            rows += [("held-out pairs mAP@[.5:.95]", h["map"]), ("held-out pairs mAP@.5", h["map50"])]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{r['model']} ({r['kind']}, {r['task']}) on {r['data']}: {r['n_images']} images, "
+             f"{r['seconds']:.0f} s", f"  {'metric':<{width}}  value", f"  {'-' * width}  -----"]
+    lines += [f"  {name:<{width}}  {value:.4f}" for name, value in rows]
+    for ex in r.get("examples", [])[:3]:
+        lines.append(f"  e.g. {ex['prediction']!r}  (reference: {ex['reference']!r})")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ zoo
 def _zoo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", nargs="?", default="list", choices=["list", "train"])
-    p.add_argument("name", nargs="?", help="demo model name (for train)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--out")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "train"],
+                   help="list the shipped models (default) or train one")
+    p.add_argument("name", nargs="?", help="demo model to train: demo-blip or demo-owlvit")
+    p.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    p.add_argument("--out", help="output directory (default out/NAME); checkpoints in OUT/.train")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in OUT/.train")
+    p.add_argument("--json", action="store_true", help="list as JSON")
+
+
+def _run_zoo(args: argparse.Namespace) -> int:
+    from edgevlp.errors import InputError
+    from edgevlp.zoo import ZOO_NAMES
+
+    if args.action == "list":
+        if args.name:
+            raise InputError(f"`edgevlp zoo` takes no name; to train it: edgevlp zoo train {args.name}")
+        return _zoo_list(args)
+    if args.name not in ZOO_NAMES:
+        raise InputError(f"edgevlp zoo train needs a demo model name: one of {', '.join(ZOO_NAMES)}"
+                         + (f" (got {args.name!r})" if args.name else ""))
+    for key in ("steps", "batch_size"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise InputError(f"--{key.replace('_', '-')} {value}: expected a positive number")
+    from edgevlp.zoo.train import train
+
+    out = train(args.name, steps=args.steps, out=args.out, seed=args.seed, resume=args.resume,
+                batch_size=args.batch_size)
+    print(f"saved {args.name} to {out} (model card: {out / 'README.md'})")
+    return 0
+
+
+def _zoo_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from edgevlp.zoo import list_models
+
+    models = list_models()
+    if args.json:
+        print(json.dumps([{**asdict(m), "path": str(m.path)} for m in models], indent=2))
+        return 0
+    if not models:
+        print("no demo models shipped (train one: edgevlp zoo train demo-blip)")
+        return 0
+    lines = [f"{'name':<13} {'family':<7} {'params':>7} {'size':>8}  metrics"]
+    for m in models:
+        shown = []
+        for where, vals in sorted(m.metrics.items()):
+            keys = ("bleu4", "cider") if "cider" in vals else ("map50", "map")
+            shown.append(f"{where} " + " ".join(f"{k} {vals[k]:.3f}" for k in keys if k in vals))
+            if "heldout_pairs" in vals:
+                shown[-1] += f" (held-out pairs map50 {vals['heldout_pairs']['map50']:.3f})"
+        lines.append(f"{m.name:<13} {m.family:<7} {m.parameters / 1e6:>6.2f}M {m.size_bytes / 1e6:>6.1f}MB  "
+                     + ("; ".join(shown) or "-"))
+    lines.append("use one with --model NAME (e.g. edgevlp info demo-blip); model cards: edgevlp/zoo/NAME/README.md")
+    print("\n".join(lines))
+    return 0
 
 
 VERBS: tuple[Verb, ...] = (
@@ -230,7 +337,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("eval", "score a model or bundle (BLEU-4/CIDEr, COCO mAP)",
          "  edgevlp eval demo-blip --data shapes:val\n"
          "  edgevlp eval bundles/owl-cpu --data shapes:heldout --json out/owl.json",
-         _eval_args, _not_available("eval", 7, "evaluation")),
+         _eval_args, _run_eval),
     Verb("info", "describe a model (family, parts, parameters, preprocessing, tokenizer) or a bundle "
          "(manifest, verified hashes)",
          "  edgevlp info ./blip-image-captioning-base\n"
@@ -238,8 +345,9 @@ VERBS: tuple[Verb, ...] = (
          _info_args, _run_info),
     Verb("zoo", "list or train the shipped demo models",
          "  edgevlp zoo\n"
-         "  edgevlp zoo train demo-blip --steps 2000 --out out/demo-blip",
-         _zoo_args, _not_available("zoo", 7, "the demo zoo")),
+         "  edgevlp zoo train demo-blip --steps 1500 --out out/demo-blip\n"
+         "  edgevlp zoo train demo-owlvit --out out/demo-owlvit --resume",
+         _zoo_args, _run_zoo),
 )
 
 

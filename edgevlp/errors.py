@@ -23,6 +23,7 @@ __all__ = [
     "RecipeError",
     "ExportError",
     "BackendUnavailableError",
+    "SourceError",
     "NotAvailableYet",
 ]
 
@@ -59,6 +60,10 @@ class ExportError(EdgeVLPError):
 
 class BackendUnavailableError(EdgeVLPError):
     """An inference backend (onnxruntime, OpenVINO, TensorRT) was asked for but cannot be imported."""
+
+
+class SourceError(EdgeVLPError):
+    """A video source (camera, file, stream, GStreamer pipeline) cannot be opened or was lost."""
 
 
 class NotAvailableYet(EdgeVLPError):

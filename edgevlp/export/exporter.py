@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +11,8 @@ import numpy as np
 import torch
 
 from edgevlp import __version__
+from edgevlp._io import read_json_object
+from edgevlp._lazy import import_object
 from edgevlp.bundle import GraphSpec, Manifest, build_bundle, file_digest
 from edgevlp.errors import BundleError, InputError
 from edgevlp.export.context import ExportContext
@@ -35,11 +35,6 @@ WRITERS: dict[str, str] = {
 }
 #: Written by `edgevlp compress` beside its output: recipe, and optionally QDQ ONNX graphs by role.
 COMPRESSION_FILE = "compression.json"
-
-
-def _writer(target: str):  # type: ignore[no-untyped-def]
-    module, fn = WRITERS[target].split(":")
-    return getattr(importlib.import_module(module), fn)
 
 
 def _source_record(model: str | os.PathLike[str] | ModelAdapter, model_dir: Path | None) -> dict[str, Any]:
@@ -76,10 +71,8 @@ def _sample_feeds(graphs: list[GraphExport], pixels: np.ndarray) -> dict[str, di
 def _read_compression(model_dir: Path | None) -> dict[str, Any] | None:
     if model_dir is None or not (model_dir / COMPRESSION_FILE).is_file():
         return None
-    try:
-        return json.loads((model_dir / COMPRESSION_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{model_dir / COMPRESSION_FILE} is not valid JSON ({err})") from None
+    return read_json_object(model_dir / COMPRESSION_FILE, InputError,
+                            "re-run `edgevlp compress` to write it again")
 
 
 def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.PathLike[str], *,
@@ -145,7 +138,7 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
                             progress=steps, prequantized=bool(qdq),
                             sample_feeds=_sample_feeds(traced, parity_pixels(spec, parity_photos())))
         with steps.stage("convert", f"{target} {precision}"):
-            _writer(target)(ctx)
+            import_object(WRITERS[target])(ctx)
         adapter.save_tokenizer(root)
         is_captioner = isinstance(adapter, CaptionerAdapter)
         manifest = Manifest(

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
+from edgevlp._io import read_json_object
 from edgevlp.errors import ModelLoadError
 from edgevlp.spec import PreprocessSpec
 
@@ -90,10 +91,8 @@ class ModelAdapter(ABC):
                 f"{model_dir} has no {PROCESSOR_FILE}, so the image preprocessing is unknown; save the "
                 "model's image processor there (processor.save_pretrained(dir))"
             )
-        try:
-            processor_config = json.loads(processor_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ModelLoadError(f"{processor_path} is not valid JSON ({err})") from None
+        processor_config = read_json_object(processor_path, ModelLoadError,
+                                            "re-save the image processor or fix the file")
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
         except Exception as err:  # noqa: BLE001
@@ -207,9 +206,18 @@ class CaptionerAdapter(ModelAdapter):
     def generation_settings(self) -> dict[str, Any]:
         """decoder_start/bos, eos and pad token ids and the maximum length."""
 
-    @abstractmethod
-    def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
-        """Greedy token ids (without the start token) from the source model."""
+    def start_ids(self, batch: int) -> torch.Tensor:
+        """``(batch, 1)`` decoder start tokens: the first-step input of the decoder."""
+        start = self.generation_settings()["decoder_start_token_id"]
+        return torch.full((batch, 1), int(start), dtype=torch.long)
+
+    def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20, **kwargs: Any) -> torch.Tensor:
+        """Token ids (without the start token) from ``transformers`` generate; greedy by default,
+        ``kwargs`` are passed on (e.g. ``num_beams``, ``repetition_penalty``)."""
+        settings = {"do_sample": False, "num_beams": 1, **kwargs}
+        with torch.no_grad():
+            ids = self.model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens, **settings)
+        return ids[:, 1:]
 
     @abstractmethod
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -65,10 +65,9 @@ class BlipAdapter(CaptionerAdapter):
         }
 
     def forward(self, pixel_values: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
-        start = self.generation_settings()["decoder_start_token_id"]
         input_ids = inputs.get("input_ids")
         if input_ids is None:
-            input_ids = torch.full((pixel_values.shape[0], 1), start, dtype=torch.long)
+            input_ids = self.start_ids(pixel_values.shape[0])
         with torch.no_grad():
             out = self.model(pixel_values=pixel_values, input_ids=input_ids)
         return {"image_embeds": out.image_embeds, "logits": out.logits}
@@ -86,9 +85,3 @@ class BlipAdapter(CaptionerAdapter):
         text = self.model.config.text_config
         return (text.num_hidden_layers, text.num_attention_heads,
                 text.hidden_size // text.num_attention_heads)
-
-    def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
-        with torch.no_grad():
-            ids = self.model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens,
-                                      do_sample=False, num_beams=1)
-        return ids[:, 1:]

@@ -6,13 +6,13 @@ An adapter is registered by the checkpoint's ``architectures[0]``; the table map
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgevlp._io import read_json_object
+from edgevlp._lazy import import_object
 from edgevlp.errors import ModelLoadError, UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -53,8 +53,7 @@ def adapter_class(architecture: str) -> type["ModelAdapter"]:
             f"architecture {architecture!r} is not supported; known architectures: "
             f"{', '.join(known_architectures())}"
         )
-    module_name, cls_name = target.split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    return import_object(target)
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -65,13 +64,7 @@ def read_config(model_dir: Path) -> dict[str, Any]:
             f"{model_dir} is not a model directory: it has no config.json; pass a folder written by "
             "save_pretrained(), a hub id, or a demo-zoo name (see `edgevlp zoo`)"
         )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelLoadError(f"{path} is not valid JSON ({err}); re-save the model or fix the file") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object, got {type(config).__name__}")
-    return config
+    return read_json_object(path, ModelLoadError, "re-save the model or fix the file")
 
 
 def architecture_of(config: dict[str, Any], where: Path) -> str:

@@ -70,10 +70,9 @@ class VisionEncoderDecoderAdapter(CaptionerAdapter):
                 "max_length": max_len}
 
     def forward(self, pixel_values: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
-        start = self.generation_settings()["decoder_start_token_id"]
         ids = inputs.get("decoder_input_ids")
         if ids is None:
-            ids = torch.full((pixel_values.shape[0], 1), start, dtype=torch.long)
+            ids = self.start_ids(pixel_values.shape[0])
         with torch.no_grad():
             out = self.model(pixel_values=pixel_values, decoder_input_ids=ids)
         return {"encoder_hidden_states": out.encoder_last_hidden_state, "logits": out.logits}
@@ -97,9 +96,3 @@ class VisionEncoderDecoderAdapter(CaptionerAdapter):
                  or dec.decoder_attention_heads)
         hidden = getattr(dec, "hidden_size", None) or getattr(dec, "n_embd", None) or dec.d_model
         return int(layers), int(heads), int(hidden) // int(heads)
-
-    def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
-        with torch.no_grad():
-            ids = self.model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens,
-                                      do_sample=False, num_beams=1)
-        return ids[:, 1:]

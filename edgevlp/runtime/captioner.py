@@ -11,6 +11,8 @@ import numpy as np
 from edgevlp.bundle import Manifest
 from edgevlp.errors import InputError
 from edgevlp.runtime.backends import GraphSession
+from edgevlp.runtime.generation import (CachedDecoder, beam_search, check_generation_args,
+                                        generation_defaults, greedy)
 from edgevlp.runtime.results import Caption
 from edgevlp.runtime.tokenizer import BundleTokenizer
 from edgevlp.spec import PreprocessSpec
@@ -52,52 +54,57 @@ class Captioner:
         return self.vision.run({"pixel_values": pixel_values})["encoder_hidden_states"]
 
     def generate(self, pixel_values: np.ndarray, *, max_new_tokens: int | None = None,
-                 repetition_penalty: float = 1.0,
+                 num_beams: int = 1, repetition_penalty: float = 1.0, length_penalty: float = 1.0,
+                 early_stopping: bool | str = False,
                  timings: dict[str, float] | None = None) -> np.ndarray:
-        """Greedy token ids (B, T) for a batch of preprocessed images, as ``transformers`` generates
-        them: eos included, finished rows padded with pad_token_id, stop when all rows finished."""
-        max_new = int(max_new_tokens if max_new_tokens is not None else
-                      self.generation.get("max_new_tokens", 20))
-        if max_new < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {max_new}")
-        if repetition_penalty <= 0:
-            raise InputError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+        """Token ids (B, T) for a batch of preprocessed images, as ``transformers`` ``generate(...,
+        do_sample=False)`` returns them without the start token: eos included, shorter rows padded.
+
+        ``num_beams`` 1 is greedy, more is beam search (``length_penalty`` and ``early_stopping`` as in
+        transformers); ``repetition_penalty`` > 1 discourages repeated tokens. ``max_new_tokens``
+        defaults to the bundle's setting. Invalid values raise :class:`InputError`.
+
+        Example:
+            >>> captioner.generate(pixels, num_beams=3, max_new_tokens=12).shape   # doctest: +SKIP
+            (1, 9)
+        """
+        max_new = max_new_tokens if max_new_tokens is not None else int(
+            self.generation.get("max_new_tokens", 20))
+        check_generation_args(max_new_tokens=max_new, max_length=self.generation.get("max_length"),
+                              num_beams=num_beams, repetition_penalty=repetition_penalty,
+                              length_penalty=length_penalty, early_stopping=early_stopping)
+        pixel_values = np.asarray(pixel_values)
+        if pixel_values.ndim != 4:
+            raise InputError(f"pixel_values must be a (batch, 3, H, W) array, got shape {pixel_values.shape}; "
+                             "use caption(frame) for a single image")
+        start, eos, pad = generation_defaults(self.generation)
         t0 = time.perf_counter()
         enc = self.encode(pixel_values)
         t1 = time.perf_counter()
         batch = enc.shape[0]
-        start = int(self.generation["decoder_start_token_id"])
-        eos, pad = self.generation.get("eos_token_id"), self.generation.get("pad_token_id")
-        pad = int(pad if pad is not None else (eos if eos is not None else 0))
-        ids = np.full((batch, 1), start, dtype=np.int64)
-        empty = np.zeros((batch, self._heads, 0, self._head_dim), np.float32)
-        feeds: dict[str, np.ndarray] = {"encoder_hidden_states": enc,
-                                        **{n: empty for n in self._past_names}}
-        unfinished = np.ones(batch, dtype=bool)
-        generated: list[np.ndarray] = []
-        for _ in range(max_new):
-            feeds["input_ids"] = ids
-            out = self.decoder.run(feeds)
-            logits = out["logits"][:, -1, :].astype(np.float32, copy=True)
-            if repetition_penalty != 1.0:
-                _apply_repetition_penalty(logits, [start, *generated], repetition_penalty, batch)
-            token = logits.argmax(axis=-1).astype(np.int64)
-            token = np.where(unfinished, token, pad)
-            generated.append(token)
-            if eos is not None:
-                unfinished &= token != int(eos)
-            if not unfinished.any():
-                break
-            ids = token[:, None]
-            for past, present in zip(self._past_names, self._present_names):
-                feeds[past] = out[present]
+        if num_beams > 1:
+            enc = np.repeat(enc, num_beams, axis=0)  # row b * num_beams + j: beam j of image b
+        decoder = CachedDecoder(self.decoder, enc, self._past_names, self._present_names,
+                                heads=self._heads, head_dim=self._head_dim)
+        if num_beams == 1:
+            ids = greedy(decoder, batch=batch, start=start, max_new_tokens=int(max_new), eos=eos, pad=pad,
+                         repetition_penalty=float(repetition_penalty))
+        else:
+            ids = beam_search(decoder, batch=batch, start=start, num_beams=int(num_beams),
+                              max_new_tokens=int(max_new), eos=eos, pad=pad,
+                              length_penalty=float(length_penalty), early_stopping=early_stopping,
+                              repetition_penalty=float(repetition_penalty))
         if timings is not None:
             timings["encode"] = (t1 - t0) * 1e3
             timings["decode"] = (time.perf_counter() - t1) * 1e3
-        return np.stack(generated, axis=1)
+        return ids
 
     def caption(self, frame: np.ndarray, **generation: Any) -> Caption:
-        """Caption one BGR uint8 frame."""
+        """Caption one BGR uint8 frame; ``generation`` takes :meth:`generate`'s options.
+
+        Example:
+            >>> captioner.caption(frame_bgr, num_beams=3, repetition_penalty=1.3).text   # doctest: +SKIP
+        """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         pixels = self.preprocess(frame)
@@ -112,12 +119,3 @@ class Captioner:
         timings["postprocess"] = (time.perf_counter() - t1) * 1e3
         return Caption(text=text, token_ids=tokens, timings=timings)
 
-
-def _apply_repetition_penalty(logits: np.ndarray, history: list[Any], penalty: float,
-                              batch: int) -> None:
-    """transformers' RepetitionPenaltyLogitsProcessor: divide positive, multiply negative logits of
-    every token already in the sequence (the start token included)."""
-    seen = np.stack([np.broadcast_to(np.asarray(h, dtype=np.int64), (batch,)) for h in history], axis=1)
-    rows = np.arange(batch)[:, None]
-    picked = logits[rows, seen]
-    logits[rows, seen] = np.where(picked < 0, picked * penalty, picked / penalty)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevlp._lazy import import_object
 from edgevlp.bundle import GraphSpec
 from edgevlp.errors import BackendUnavailableError
 
@@ -90,17 +91,11 @@ def _importable(module: str) -> bool:
 
 def available_backends() -> list[str]:
     """Backends whose engine imports here."""
-    names = []
-    for name, target in BACKENDS.items():
-        cls = _backend_class(name)
-        if _importable(cls.module):
-            names.append(name)
-    return names
+    return [name for name in BACKENDS if _importable(_backend_class(name).module)]
 
 
 def _backend_class(name: str) -> type[Backend]:
-    module_name, cls_name = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    return import_object(BACKENDS[name])
 
 
 def get_backend(name: str, device: str | None = None, precision: str | None = None) -> Backend:

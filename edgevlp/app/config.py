@@ -1,0 +1,183 @@
+"""The camera app's settings: one frozen, validated :class:`AppConfig` and its command-line options.
+
+This module imports nothing heavy (no OpenCV, no inference engine), so ``edgevlp run --help`` stays fast.
+
+Example:
+    >>> import argparse
+    >>> from edgevlp.app.config import AppConfig, add_run_arguments
+    >>> parser = argparse.ArgumentParser()
+    >>> add_run_arguments(parser)
+    >>> args = parser.parse_args(["b/owl", "--source", "clip.mp4", "--prompts", "cup, person", "--headless"])
+    >>> AppConfig.from_args(args).prompts
+    ('cup', 'person')
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+from edgevlp.errors import InputError
+
+__all__ = ["AppConfig", "Cadence", "add_run_arguments", "parse_cadence", "parse_prompt_text"]
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """How often the captioner gets a new frame: every ``value`` seconds, or every ``value`` frames."""
+
+    value: float
+    unit: str  # "s" | "frames"
+
+    def __str__(self) -> str:
+        return f"{int(self.value)} frames" if self.unit == "frames" else f"{self.value:g} s"
+
+
+def parse_cadence(text: str) -> Cadence:
+    """``"0.5"`` or ``"0.5s"``: seconds (0: as often as the captioner can); ``"10f"``: every 10 frames.
+
+    Example:
+        >>> parse_cadence("10f"), parse_cadence("0.5")
+        (Cadence(value=10.0, unit='frames'), Cadence(value=0.5, unit='s'))
+    """
+    raw = str(text).strip().lower()
+    unit = "frames" if raw.endswith("f") else "s"
+    number = raw[:-1] if raw.endswith(("f", "s")) else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise InputError(f"--caption-every {text!r} is not a number of seconds (e.g. 0.5) or frames "
+                         "(e.g. 10f)") from None
+    if not math.isfinite(value) or value < 0 or (unit == "frames" and (value < 1 or value != int(value))):
+        raise InputError(f"--caption-every {text!r} must be >= 0 seconds or a whole number >= 1 of "
+                         "frames (e.g. 10f)")
+    return Cadence(value, unit)
+
+
+def parse_prompt_text(text: str) -> list[str]:
+    """Prompts from ``"red circle, person"`` or a file's text: split on commas and newlines; blank
+    entries and ``#`` comment lines are dropped.
+
+    Example:
+        >>> parse_prompt_text("red circle, person\\n# a comment\\ncup")
+        ['red circle', 'person', 'cup']
+    """
+    prompts: list[str] = []
+    for line in str(text).splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        prompts += [p.strip() for p in line.split(",") if p.strip()]
+    return prompts
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything the camera app needs besides the models and the source object.
+
+    ``timeout_s`` bounds every open and read of the source; a live source that fails is re-opened up to
+    ``reconnect`` times, waiting ``backoff_s`` doubling up to ``backoff_max_s`` between tries.
+    ``queue_size`` frames at most wait between capture and inference (live sources drop the oldest).
+    """
+
+    source: str
+    prompts: tuple[str, ...] = ()
+    prompts_file: str | None = None
+    prompts_poll_s: float = 0.5
+    threshold: float = 0.1
+    caption_every: Cadence = Cadence(0.5, "s")
+    max_new_tokens: int | None = None
+    headless: bool = False
+    output: str | None = None
+    force: bool = False
+    max_frames: int | None = None
+    fps_limit: float | None = None
+    timeout_s: float = 10.0
+    reconnect: int = 5
+    backoff_s: float = 0.5
+    backoff_max_s: float = 8.0
+    queue_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not str(self.source).strip():
+            raise InputError("--source is empty: give a camera index (0), a file, rtsp://..., csi://0 or a "
+                             "GStreamer pipeline")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise InputError(f"--threshold must be in [0, 1], got {self.threshold}")
+        _positive("--prompts-poll", self.prompts_poll_s, allow_zero=True)
+        _positive("--timeout", self.timeout_s)
+        _positive("--backoff", self.backoff_s, allow_zero=True)
+        _positive("--backoff-max", self.backoff_max_s, allow_zero=True)
+        if self.fps_limit is not None:
+            _positive("--fps-limit", self.fps_limit)
+        for name, value, low in (("--max-frames", self.max_frames, 1), ("--max-new-tokens", self.max_new_tokens, 1),
+                                 ("--reconnect", self.reconnect, 0), ("--queue-size", self.queue_size, 1)):
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise InputError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
+            raise InputError("--prompts must not contain empty prompts, e.g. --prompts \"red circle, person\"")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AppConfig:
+        """The config of parsed :func:`add_run_arguments` options (validated)."""
+        prompts: tuple[str, ...] = ()
+        if args.prompts is not None:
+            prompts = tuple(parse_prompt_text(args.prompts))
+            if not prompts:
+                raise InputError(f"--prompts {args.prompts!r} holds no prompt; give e.g. --prompts \"cup, person\"")
+        return cls(source=args.source, prompts=prompts, prompts_file=args.prompts_file,
+                   prompts_poll_s=args.prompts_poll, threshold=args.threshold,
+                   caption_every=parse_cadence(args.caption_every), max_new_tokens=args.max_new_tokens,
+                   headless=args.headless, output=args.output, force=args.force, max_frames=args.max_frames,
+                   fps_limit=args.fps_limit, timeout_s=args.timeout, reconnect=args.reconnect,
+                   backoff_s=args.backoff, backoff_max_s=args.backoff_max, queue_size=args.queue_size)
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise InputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, bundles: bool = True) -> None:
+    """The camera app's options (``edgevlp run`` and ``apps/camera_*.py``); ``bundles=False`` leaves out
+    the positional bundle list for scripts that declare their own."""
+    if bundles:
+        p.add_argument("bundles", nargs="+", help="one captioner and/or one detector bundle (decided by the "
+                                                  "manifest's task)")
+    src = p.add_argument_group("source")
+    src.add_argument("--source", required=True,
+                     help="camera index (0), video file, rtsp://... or http://... URL, csi://N[?width=W&"
+                          "height=H&fps=F] (Jetson CSI camera), or a GStreamer pipeline (contains '!')")
+    src.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                     help="seconds allowed for each open and each read of the source (default 10)")
+    src.add_argument("--reconnect", type=int, default=5, metavar="N",
+                     help="retry a live source up to N times when it fails to open or stops sending, "
+                          "then exit 1 (default 5)")
+    src.add_argument("--backoff", type=float, default=0.5, metavar="S",
+                     help="first wait between reconnect tries, doubling each time (default 0.5)")
+    src.add_argument("--backoff-max", type=float, default=8.0, metavar="S",
+                     help="longest wait between reconnect tries (default 8)")
+    src.add_argument("--fps-limit", type=float, metavar="FPS", help="read at most FPS frames a second")
+    src.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
+    src.add_argument("--queue-size", type=int, default=1, metavar="N",
+                     help="frames waiting for inference at most; live sources drop the oldest (default 1)")
+    mod = p.add_argument_group("models")
+    mod.add_argument("--prompts", help='comma-separated detection prompts, e.g. "red circle, person"')
+    mod.add_argument("--prompts-file", metavar="FILE",
+                     help="prompts file (comma- or line-separated, # comments), re-read when it changes and "
+                          "on the 'p' key")
+    mod.add_argument("--prompts-poll", type=float, default=0.5, metavar="S",
+                     help="how often to check the prompts file for changes (default 0.5)")
+    mod.add_argument("--threshold", type=float, default=0.1, help="detection score threshold (default 0.1)")
+    mod.add_argument("--caption-every", default="0.5", metavar="S|Nf",
+                     help="caption a new frame every S seconds (0: continuously) or every N frames (10f); "
+                          "default 0.5")
+    mod.add_argument("--max-new-tokens", type=int, metavar="N", help="caption length limit (default: bundle's)")
+    mod.add_argument("--backend", help="inference backend (default: the bundle target's first installed one)")
+    mod.add_argument("--device", help="backend device, e.g. cpu or cuda")
+    out = p.add_argument_group("output")
+    out.add_argument("--headless", action="store_true", help="no window (use with --output to keep results)")
+    out.add_argument("--output", metavar="DIR",
+                     help="write DIR/annotated.mp4, DIR/log.jsonl (one line per frame) and DIR/summary.json")
+    out.add_argument("--force", action="store_true", help="overwrite outputs of an earlier run in --output")

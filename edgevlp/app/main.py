@@ -1,0 +1,78 @@
+"""Entry points shared by ``edgevlp run`` and the ``apps/camera_*.py`` scripts.
+
+Example:
+    >>> from edgevlp.app.main import run_command
+    >>> run_command(args)        # parsed add_run_arguments() options     # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from edgevlp.errors import EdgeVLPError, InputError
+
+__all__ = ["run_command", "script_main"]
+
+
+def run_command(args: argparse.Namespace, *, expect_task: str | None = None, prog: str = "edgevlp run") -> int:
+    """Validate the options, open the window (unless ``--headless``), load the bundles, run, and print the
+    summary. ``expect_task`` ("caption" or "detect") makes the first bundle's task mandatory.
+    Errors are raised as :class:`~edgevlp.errors.EdgeVLPError` subclasses."""
+    from edgevlp.app.config import AppConfig
+
+    config = AppConfig.from_args(args)
+    from edgevlp.app.capture import parse_source
+    from edgevlp.app.pipeline import load_models, run_app
+    from edgevlp.app.sinks import WindowSink
+
+    parse_source(config.source)  # a missing file fails before any model is loaded
+    bundles = list(args.bundles)
+    if expect_task is not None:
+        from edgevlp.bundle import read_manifest
+
+        task = read_manifest(bundles[0], verify=False).task
+        if task != expect_task:
+            raise InputError(f"{bundles[0]} is a {task} bundle; {prog} needs a {expect_task} bundle first")
+    window = None if config.headless else WindowSink(title=prog)  # fails fast without a GUI
+    try:
+        models = load_models(bundles, backend=getattr(args, "backend", None), device=getattr(args, "device", None))
+
+        def event(message: str) -> None:
+            print(f"{prog}: {message}", file=sys.stderr, flush=True)
+
+        run_app(config, window=window, report=lambda text: print(text, flush=True), on_event=event, **models)
+    finally:
+        if window is not None:
+            window.close()
+    return 0
+
+
+def script_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *,
+                expect_task: str | None = None) -> int:
+    """Parse ``argv`` and run, with the CLI's exit codes: 0 ok, 1 error (one line), 2 usage, 130 interrupted,
+    70 internal error (traceback only with ``--debug``)."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    args = parser.parse_args(argv)
+    prog = parser.prog
+    from edgevlp.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, _terminate_cleanly
+
+    _terminate_cleanly()
+    try:
+        return run_command(args, expect_task=expect_task, prog=prog)
+    except EdgeVLPError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - no traceback without --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog}: internal error: {type(err).__name__}: {err} (re-run with --debug)", file=sys.stderr)
+        return EXIT_INTERNAL

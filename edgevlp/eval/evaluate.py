@@ -1,0 +1,273 @@
+"""Score a captioner or detector, as a PyTorch model or as an exported bundle, on one dataset.
+
+The same scenes, prompts, post-processing and metrics are used for both paths, so the difference
+between a model and its bundle is the export's (and compression's) effect on accuracy.
+
+- captioners: greedy captions -> BLEU-4 and CIDEr-D (pycocoevalcap scorers, simple lower-case
+  tokenisation: see :mod:`edgevlp.eval.metrics`);
+- detectors: every phrase of the split is queried on every image (so false positives from images
+  without that object count); per image the 100 best (box, phrase) pairs are kept -> COCO mAP@[.5:.95]
+  and mAP@.5 with pycocotools. On ``shapes:heldout`` the same metrics are also given for the six
+  held-out colour-shape pairs alone (``heldout_pairs``).
+
+Shape scenes are generated at the model's input size (no resize); COCO images are resized by the
+model's own preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from edgevlp.data import dataset, load_coco, parse_data_spec
+from edgevlp.data.vocab import CATEGORIES, HELDOUT_PAIRS
+from edgevlp.errors import InputError
+from edgevlp.eval.metrics import DetectionRecord, caption_scores, detection_scores
+
+__all__ = ["evaluate", "Sample", "load_samples", "split_phrases", "topk_detections", "DEFAULT_N",
+           "detect_scenes_torch"]
+
+#: Images scored when neither the data spec nor ``n`` says how many.
+DEFAULT_N = 500
+TOP_K = 100
+HELDOUT_PHRASES: tuple[str, ...] = tuple(f"{c} {s}" for c, s in sorted(HELDOUT_PAIRS))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One evaluation image (RGB uint8) with its reference captions and phrase-labelled boxes."""
+
+    image: np.ndarray
+    captions: tuple[str, ...]
+    boxes: np.ndarray
+    phrases: tuple[str, ...]
+
+
+def split_phrases(split: str) -> tuple[str, ...]:
+    """The phrases that can occur in a shapes split: held-out pairs only in ``heldout``."""
+    if split == "heldout":
+        return CATEGORIES
+    return tuple(p for p in CATEGORIES if p not in HELDOUT_PHRASES)
+
+
+def load_samples(data: str, n: int | None, size: int) -> tuple[list[Sample], tuple[str, ...]]:
+    """Samples of a ``--data`` spec and the phrases to query on every image."""
+    spec = parse_data_spec(data)
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise InputError(f"n={n!r}: expected a positive number of images")
+    if spec.kind == "coco":
+        import cv2
+
+        coco = load_coco(spec.path)
+        coco = coco[:n] if n else coco
+        samples = []
+        for s in coco:
+            bgr = cv2.imread(str(s.image_path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise InputError(f"cannot read image {s.image_path}")
+            samples.append(Sample(bgr[..., ::-1].copy(), s.captions, s.boxes, s.phrases))
+        phrases = tuple(sorted({p for s in samples for p in s.phrases}))
+        return samples, phrases
+    count = n or spec.n or DEFAULT_N
+    scenes = dataset(spec.split, count, size=size, start=spec.start)
+    samples = [Sample(s.image, s.captions, np.asarray([o.box_xyxy for o in s.objects], np.float32).reshape(-1, 4),
+                      s.phrases) for s in scenes]
+    return samples, split_phrases(spec.split)
+
+
+def topk_detections(logits: np.ndarray, boxes_cxcywh: np.ndarray, to_frame: Callable[[np.ndarray], np.ndarray],
+                    input_hw: tuple[int, int], k: int = TOP_K) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` best (patch, query) pairs of one image: boxes (frame xyxy), scores, query indices."""
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))  # (P, Q)
+    flat = probs.ravel()
+    k = min(k, flat.size)
+    top = np.argpartition(-flat, k - 1)[:k]
+    top = top[np.argsort(-flat[top], kind="stable")]
+    patch, query = np.unravel_index(top, probs.shape)
+    h, w = input_hw
+    cx, cy, bw, bh = boxes_cxcywh[patch].T.astype(np.float64)
+    xyxy = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], 1)
+    return to_frame(xyxy), flat[top], query
+
+
+def _scale_to(frame_hw: tuple[int, int], input_hw: tuple[int, int], pad_square: bool) -> Callable[[np.ndarray], np.ndarray]:
+    fh, fw = frame_hw
+    ih, iw = input_hw
+    sx, sy = (max(fh, fw) / iw, max(fh, fw) / ih) if pad_square else (fw / iw, fh / ih)
+
+    def to_frame(b: np.ndarray) -> np.ndarray:
+        out = b * np.array([sx, sy, sx, sy])
+        out[:, 0::2] = out[:, 0::2].clip(0, fw)
+        out[:, 1::2] = out[:, 1::2].clip(0, fh)
+        return out
+
+    return to_frame
+
+
+def _bar(total: int, desc: str, progress: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not progress, unit="img", dynamic_ncols=True, mininterval=1.0)
+
+
+# ---------------------------------------------------------------------------------------- torch
+def _image_processor(adapter: Any) -> Any:
+    import transformers
+
+    cfg = dict(adapter.processor_config)
+    cls = getattr(transformers, str(cfg.get("image_processor_type", "")), None)
+    if cls is None:
+        raise InputError(f"unknown image processor {cfg.get('image_processor_type')!r} in {adapter.source}")
+    return cls.from_dict(cfg)
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def caption_samples_torch(adapter: Any, samples: Sequence[Sample], *, batch_size: int = 32,
+                          max_new_tokens: int = 40, progress: bool = True) -> list[str]:
+    """Greedy captions of ``samples`` from a PyTorch captioner adapter (HF image processor)."""
+    import torch
+
+    proc = _image_processor(adapter)
+    out: list[str] = []
+    with _bar(len(samples), "caption", progress) as bar, torch.no_grad():
+        for chunk in _batches(samples, batch_size):
+            px = proc([s.image for s in chunk], return_tensors="pt")["pixel_values"]
+            out += adapter.caption(px.to(next(adapter.model.parameters()).dtype), max_new_tokens=max_new_tokens)
+            bar.update(len(chunk))
+    return out
+
+
+def detect_scenes_torch(adapter: Any, samples: Sequence[Any], phrases: list[str], *, batch_size: int = 32,
+                        progress: bool = True) -> list[DetectionRecord]:
+    """Detection records of ``samples`` (``Sample`` or ``Scene``) from a PyTorch detector adapter."""
+    import torch
+
+    proc = _image_processor(adapter)
+    spec = adapter.preprocess_spec()
+    input_hw = spec.input_shape[2:]
+    enc = adapter.encode_prompts(phrases)
+    records = []
+    dtype = next(adapter.model.parameters()).dtype
+    with _bar(len(samples), "detect", progress) as bar, torch.no_grad():
+        q = adapter.text_embeddings(enc["input_ids"], enc["attention_mask"])
+        for chunk in _batches(list(samples), batch_size):
+            px = proc([s.image for s in chunk], return_tensors="pt")["pixel_values"].to(dtype)
+            heads = adapter.image_heads(px)
+            logits = (heads["class_embeds"] @ q.T.to(dtype) + heads["logit_shift"]) * heads["logit_scale"]
+            for i, s in enumerate(chunk):
+                gt_boxes, gt_phrases = _truth(s)
+                to_frame = _scale_to(s.image.shape[:2], input_hw, spec.resize_mode == "pad_square")
+                boxes, scores, idx = topk_detections(logits[i].float().numpy(), heads["pred_boxes"][i].float().numpy(),
+                                                     to_frame, input_hw)
+                records.append(DetectionRecord(s.image.shape[1], s.image.shape[0], gt_boxes, gt_phrases,
+                                               boxes, scores, [phrases[j] for j in idx]))
+            bar.update(len(chunk))
+    return records
+
+
+def _truth(s: Any) -> tuple[np.ndarray, tuple[str, ...]]:
+    if hasattr(s, "objects"):  # a Scene
+        return np.asarray([o.box_xyxy for o in s.objects], np.float32).reshape(-1, 4), s.phrases
+    return s.boxes, s.phrases
+
+
+# --------------------------------------------------------------------------------------- bundle
+def caption_samples_bundle(captioner: Any, samples: Sequence[Sample], *, max_new_tokens: int = 40,
+                           progress: bool = True) -> list[str]:
+    out = []
+    with _bar(len(samples), "caption", progress) as bar:
+        for s in samples:
+            out.append(captioner.caption(np.ascontiguousarray(s.image[..., ::-1]), max_new_tokens=max_new_tokens).text)
+            bar.update(1)
+    return out
+
+
+def detect_samples_bundle(detector: Any, samples: Sequence[Sample], phrases: list[str], *,
+                          progress: bool = True) -> list[DetectionRecord]:
+    from edgevlp.runtime.detector import class_logits
+    from edgevlp.runtime.preprocess import preprocess
+
+    q = detector.embed_prompts(phrases)
+    input_hw = tuple(detector.spec.input_shape[2:])
+    records = []
+    with _bar(len(samples), "detect", progress) as bar:
+        for s in samples:
+            pixels, transform = preprocess(np.ascontiguousarray(s.image[..., ::-1]), detector.spec)
+            heads = detector.heads(pixels)
+            logits = class_logits(heads, q)[0]
+            boxes, scores, idx = topk_detections(logits, heads["pred_boxes"][0], transform.to_frame, input_hw)
+            records.append(DetectionRecord(s.image.shape[1], s.image.shape[0], s.boxes, s.phrases,
+                                           boxes, scores, [phrases[j] for j in idx]))
+            bar.update(1)
+    return records
+
+
+# ------------------------------------------------------------------------------------- evaluate
+def evaluate(model_or_bundle: str | os.PathLike[str], data: str = "shapes:val", n: int | None = None, *,
+             batch_size: int = 32, max_new_tokens: int = 40, progress: bool = True) -> dict[str, Any]:
+    """Metrics of a model (dir, zoo name, hub id) or bundle on ``data``.
+
+    Returns a JSON-ready dict: ``task``, ``model``, ``data``, ``n_images``, ``seconds`` and
+    ``bleu4``/``cider`` (+ ``bleu1``..``bleu3``) for captioners or ``map``/``map50``/``map75`` for
+    detectors (+ ``heldout_pairs`` on ``shapes:heldout``).
+
+    Example:
+        >>> evaluate("demo-blip", "shapes:val", n=50)["cider"]      # doctest: +SKIP
+        2.1
+    """
+    from edgevlp.bundle import is_bundle
+
+    t0 = time.time()
+    target = os.fspath(model_or_bundle)
+    if is_bundle(target):
+        from edgevlp.runtime import load
+
+        predictor = load(target)
+        task = predictor.manifest.task
+        size = int(predictor.spec.input_shape[2])
+        kind = "bundle"
+    else:
+        from edgevlp.models import inspect_model, load_model
+
+        inspect_model(target)
+        predictor = load_model(target)
+        task = predictor.task
+        size = int(predictor.preprocess_spec().input_shape[2])
+        kind = "pytorch"
+    samples, phrases = load_samples(data, n, size)
+    if not samples:
+        raise InputError(f"{data} holds no images")
+    result: dict[str, Any] = {"task": task, "model": target, "kind": kind, "data": data}
+    if task == "caption":
+        refs = {i: s.captions for i, s in enumerate(samples)}
+        if not all(refs.values()):
+            raise InputError(f"{data}: some images have no reference captions; captioners need them")
+        if kind == "bundle":
+            texts = caption_samples_bundle(predictor, samples, max_new_tokens=max_new_tokens, progress=progress)
+        else:
+            texts = caption_samples_torch(predictor, samples, batch_size=batch_size,
+                                          max_new_tokens=max_new_tokens, progress=progress)
+        result.update(caption_scores(refs, dict(enumerate(texts))))
+        result["examples"] = [{"prediction": t, "reference": s.captions[0]} for t, s in zip(texts[:5], samples)]
+    else:
+        if kind == "bundle":
+            records = detect_samples_bundle(predictor, samples, list(phrases), progress=progress)
+        else:
+            records = detect_scenes_torch(predictor, samples, list(phrases), batch_size=batch_size, progress=progress)
+        result.update(detection_scores(records, list(phrases)))
+        result["queries"] = len(phrases)
+        if data.startswith("shapes:heldout"):
+            sub = detection_scores(records, list(phrases), only=HELDOUT_PHRASES)
+            result["heldout_pairs"] = {k: sub[k] for k in ("map", "map50", "map75")}
+    result["n_images"] = len(samples)
+    result["seconds"] = round(time.time() - t0, 1)
+    return result

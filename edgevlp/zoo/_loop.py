@@ -1,0 +1,232 @@
+"""The training loop shared by the demo-zoo recipes: seeded, resumable, with progress and checkpoints.
+
+A :class:`Recipe` says how to build a model, draw a batch for a step, compute the loss and run a quick
+evaluation; :func:`run` does the rest. Data are a pure function of ``(seed, step)`` and the models
+have no dropout, so a resumed run continues exactly where the interrupted one stopped.
+
+Checkpoint layout under ``out/.train/``: ``model.safetensors`` (fp32 weights), ``optimizer.safetensors``
+(AdamW moments, keyed by parameter name), ``state.json`` (step, settings) and ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from edgevlp.errors import InputError
+
+__all__ = ["Recipe", "TrainSettings", "run", "to_pixels", "STATE_DIR"]
+
+STATE_DIR = ".train"
+
+
+def to_pixels(images: list[np.ndarray], mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 RGB HxWx3 images (already at the model's size) -> normalised float32 NCHW, exactly as the
+    model's image processor does it (rescale by 1/255, then (x - mean) / std)."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one training run does; written into ``state.json`` and the model card."""
+
+    name: str
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    warmup: int = 200
+    weight_decay: float = 0.05
+    eval_every: int = 250
+    eval_n: int = 64
+    checkpoint_every: int = 100
+    tiny: bool = False
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "eval_every", "eval_n", "checkpoint_every", "threads"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{key}={value!r}: expected an int >= 1")
+        if not self.lr > 0:
+            raise InputError(f"lr={self.lr!r}: expected a positive learning rate")
+
+
+class Recipe:
+    """How one demo model is trained. Subclasses fill in the four hooks."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def build(self, seed: int, tiny: bool) -> Any:
+        """A fresh adapter (random weights, seeded)."""
+        raise NotImplementedError
+
+    def batch(self, step: int, batch_size: int, seed: int) -> Any:
+        """The training batch for ``step`` (a pure function of its arguments)."""
+        raise NotImplementedError
+
+    def loss(self, adapter: Any, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss and any extra numbers to log."""
+        raise NotImplementedError
+
+    def quick_eval(self, adapter: Any, n: int) -> dict[str, float]:
+        """A few metrics on the first ``n`` val scenes (for the progress log)."""
+        raise NotImplementedError
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns: the trained adapter, the log and timings."""
+
+    adapter: Any
+    settings: TrainSettings
+    steps_done: int
+    wall_time_s: float
+    log: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+def _lr_at(step: int, s: TrainSettings) -> float:
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    t = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def _optimizer(model: torch.nn.Module, s: TrainSettings) -> tuple[torch.optim.AdamW, dict[int, str]]:
+    decay, no_decay, names = [], [], {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        names[id(p)] = name
+        (no_decay if p.dim() < 2 or "embedding" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.98)), names
+
+
+def _save_checkpoint(state_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     names: dict[int, str], step: int, s: TrainSettings, wall: float) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    moments: dict[str, torch.Tensor] = {}
+    for p, st in opt.state.items():
+        for key, value in st.items():
+            moments[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().contiguous().clone().reshape(-1) \
+                if key == "step" else value.detach().contiguous().clone()
+    # write to temporary names, then rename: a crash mid-write never leaves a torn checkpoint
+    save_file(_dedupe(weights), str(state_dir / "model.safetensors.tmp"))
+    save_file(moments, str(state_dir / "optimizer.safetensors.tmp"))
+    (state_dir / "state.json.tmp").write_text(json.dumps(
+        {"step": step, "settings": asdict(s), "wall_time_s": wall}, indent=1))
+    for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
+        os.replace(state_dir / f"{name}.tmp", state_dir / name)
+
+
+def _dedupe(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage (tied weights): give each tensor its own copy."""
+    return {k: v.clone() for k, v in tensors.items()}
+
+
+def _load_checkpoint(state_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     names: dict[int, str], s: TrainSettings) -> tuple[int, float]:
+    state_path = state_dir / "state.json"
+    if not state_path.is_file():
+        raise InputError(f"--resume: no checkpoint in {state_dir}; start without --resume")
+    state = json.loads(state_path.read_text())
+    saved = state["settings"]
+    fixed = ("name", "batch_size", "lr", "seed", "warmup", "weight_decay", "tiny")
+    diff = [f"{k}: {saved.get(k)!r} -> {getattr(s, k)!r}" for k in fixed if saved.get(k) != getattr(s, k)]
+    if diff:
+        raise InputError("--resume: the checkpoint was trained with other settings (" + "; ".join(diff)
+                         + "); use the same settings or a new --out")
+    model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
+    moments = load_file(str(state_dir / "optimizer.safetensors"))
+    by_name = {name: p for p in (q for g in opt.param_groups for q in g["params"])
+               for name in [names[id(p)]]}
+    for key, value in moments.items():
+        pname, _, slot = key.rpartition("::")
+        st = opt.state[by_name[pname]]
+        st[slot] = value.reshape(()) if slot == "step" else value
+    return int(state["step"]), float(state.get("wall_time_s", 0.0))
+
+
+def run(recipe: Recipe, s: TrainSettings, out: Path, *, resume: bool = False,
+        progress: bool = True, on_eval: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
+    """Train ``recipe`` with settings ``s``; checkpoints go to ``out/.train``. Returns the adapter."""
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    np.random.seed(s.seed)
+    state_dir = Path(out) / STATE_DIR
+    if not resume and (state_dir / "state.json").is_file():
+        raise InputError(f"{state_dir} already holds a checkpoint; pass --resume to continue it or "
+                         "choose another --out")
+    adapter = recipe.build(s.seed, s.tiny)
+    model = adapter.model
+    model.train()
+    opt, names = _optimizer(model, s)
+    start, wall_before = (0, 0.0)
+    if resume:
+        start, wall_before = _load_checkpoint(state_dir, model, opt, names, s)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "log.jsonl"
+    result = RunResult(adapter, s, start, wall_before)
+    t0 = time.time()
+    ema, seen, t_rate = None, 0, time.time()
+    bar = tqdm(total=s.steps, initial=start, desc=f"train {s.name}", disable=not progress,
+               dynamic_ncols=True, mininterval=2.0)
+    for step in range(start, s.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, s)
+        batch = recipe.batch(step, s.batch_size, s.seed)
+        loss, extra = recipe.loss(adapter, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise RuntimeError(f"loss became {value} at step {step}; lower the learning rate")
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
+        seen += s.batch_size
+        rate = seen / max(time.time() - t_rate, 1e-9)
+        bar.set_postfix(loss=f"{ema:.3f}", img_s=f"{rate:.1f}", refresh=False)
+        bar.update(1)
+        done = step + 1
+        record: dict[str, Any] = {"step": done, "loss": round(value, 5), "lr": _lr_at(step, s), **extra}
+        if done % s.eval_every == 0 or done == s.steps:
+            model.eval()
+            with torch.no_grad():
+                metrics = recipe.quick_eval(adapter, s.eval_n)
+            model.train()
+            record["eval"] = metrics
+            result.last_eval = metrics
+            bar.write(f"step {done}: loss {ema:.4f}, " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+            if on_eval:
+                on_eval(done, metrics)
+        if done % 10 == 0 or "eval" in record:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            result.log.append(record)
+        if done % s.checkpoint_every == 0 or done == s.steps:
+            _save_checkpoint(state_dir, model, opt, names, done, s, wall_before + time.time() - t0)
+        result.steps_done = done
+    bar.close()
+    model.eval()
+    result.wall_time_s = wall_before + time.time() - t0
+    return result

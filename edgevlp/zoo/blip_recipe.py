@@ -1,0 +1,101 @@
+"""``demo-blip``: a small BLIP captioner trained from scratch on shape scenes (caption LM loss).
+
+Example:
+    >>> recipe = BlipRecipe()
+    >>> adapter = recipe.build(seed=0, tiny=True)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor
+
+from edgevlp.data import CAPTION_VOCAB, dataset
+from edgevlp.data.vocab import SPLITS
+from edgevlp.models._tokenizers import wordpiece_tokenizer
+from edgevlp.models.blip import BlipAdapter
+from edgevlp.zoo._loop import Recipe, to_pixels
+
+__all__ = ["BlipRecipe", "CLIP_MEAN", "CLIP_STD"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: (image size, patch, vision width x layers, text width x layers, heads, mlp ratio)
+_SIZES = {
+    False: dict(image=128, patch=16, vision=(192, 5), text=(192, 3), heads=3, mlp=4),
+    True: dict(image=64, patch=16, vision=(32, 1), text=(32, 1), heads=2, mlp=2),
+}
+MAX_TOKENS = 48
+
+
+def _train_index(step: int, batch_size: int, seed: int) -> int:
+    """First train-split scene of ``step``: seeds start at different places, then walk forward."""
+    return (seed * 499_979 + step * batch_size) % (len(SPLITS["train"]) - batch_size)
+
+
+class BlipRecipe(Recipe):
+    name = "demo-blip"
+    family = "blip"
+    defaults: ClassVar[dict[str, Any]] = dict(steps=1500, batch_size=32, lr=1e-3, warmup=150, eval_every=250,
+                                              eval_n=64, checkpoint_every=100)
+
+    def __init__(self) -> None:
+        self.image_size = 128
+
+    def build(self, seed: int, tiny: bool) -> BlipAdapter:
+        c = _SIZES[tiny]
+        self.image_size = c["image"]
+        tokenizer = wordpiece_tokenizer(CAPTION_VOCAB)
+        vocab = tokenizer.get_vocab()
+        vw, vl = c["vision"]
+        tw, tl = c["text"]
+        vision = dict(hidden_size=vw, intermediate_size=vw * c["mlp"], num_hidden_layers=vl,
+                      num_attention_heads=c["heads"], image_size=c["image"], patch_size=c["patch"],
+                      attention_dropout=0.0, initializer_range=0.02)
+        text = dict(vocab_size=len(vocab), hidden_size=tw, intermediate_size=tw * c["mlp"],
+                    num_hidden_layers=tl, num_attention_heads=c["heads"], encoder_hidden_size=vw,
+                    max_position_embeddings=MAX_TOKENS, pad_token_id=vocab["[PAD]"],
+                    bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"],
+                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, label_smoothing=0.0,
+                    initializer_range=0.02)
+        config = BlipConfig(text_config=text, vision_config=vision, projection_dim=vw, initializer_range=0.02)
+        config.architectures = [BlipAdapter.architecture]
+        torch.manual_seed(seed)
+        model = BlipForConditionalGeneration(config)
+        processor = BlipImageProcessor(size={"height": c["image"], "width": c["image"]},
+                                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).to_dict()
+        return BlipAdapter(model, processor_config=processor, tokenizer=tokenizer,
+                           source=f"{self.name} (edgevlp zoo train, seed {seed})")
+
+    def batch(self, step: int, batch_size: int, seed: int) -> dict[str, Any]:
+        scenes = list(dataset("train", batch_size, size=self.image_size, start=_train_index(step, batch_size, seed)))
+        rng = np.random.default_rng([seed, step, 1])
+        captions = [s.captions[int(rng.integers(len(s.captions)))] for s in scenes]
+        return {"pixel_values": to_pixels([s.image for s in scenes], CLIP_MEAN, CLIP_STD), "captions": captions}
+
+    def encode_captions(self, adapter: BlipAdapter, captions: list[str]) -> dict[str, torch.Tensor]:
+        """``[DEC] words [SEP]`` padded with [PAD]; labels are the ids with padding masked out."""
+        tok = adapter.tokenizer
+        enc = tok(captions, padding="longest", truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        ids = enc["input_ids"].clone()
+        ids[:, 0] = adapter.model.config.text_config.bos_token_id  # [CLS] -> [DEC], as generate() starts
+        labels = ids.masked_fill(enc["attention_mask"] == 0, -100)
+        return {"input_ids": ids, "attention_mask": enc["attention_mask"], "labels": labels}
+
+    def loss(self, adapter: BlipAdapter, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        text = self.encode_captions(adapter, batch["captions"])
+        out = adapter.model(pixel_values=batch["pixel_values"], **text)
+        return out.loss, {}
+
+    def quick_eval(self, adapter: BlipAdapter, n: int) -> dict[str, float]:
+        from edgevlp.eval.metrics import caption_scores
+
+        scenes = list(dataset("val", n, size=self.image_size))
+        pixels = to_pixels([s.image for s in scenes], CLIP_MEAN, CLIP_STD)
+        texts = adapter.caption(pixels, max_new_tokens=MAX_TOKENS - 2)
+        scores = caption_scores({i: s.captions for i, s in enumerate(scenes)}, dict(enumerate(texts)))
+        return {"bleu4": scores["bleu4"], "cider": scores["cider"]}

@@ -1,0 +1,151 @@
+"""Model cards for the demo zoo: ``metrics.json`` (the facts) and ``README.md`` rendered from it.
+
+Example:
+    >>> record_eval("edgevlp/zoo/demo-blip", evaluate("demo-blip", "shapes:val"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+__all__ = ["environment", "write_card", "record_eval", "read_card_data"]
+
+_KEYS = {"caption": ("bleu4", "cider", "bleu1"), "detect": ("map50", "map", "map75")}
+
+_TEXT = {
+    "demo-blip": dict(
+        what="a small BLIP captioner (`BlipForConditionalGeneration`: ViT encoder + BERT-style decoder "
+             "with cross-attention) trained from scratch with the caption language-model loss",
+        limits="It describes coloured geometric shapes (7 shapes x 8 colours x 3 sizes, 1-4 per image) "
+               "in the templated sentences it was trained on, with counts and simple spatial relations. "
+               "It knows nothing else: on a real photo it will still name coloured shapes. Its "
+               "vocabulary is the 46 words of the shape captions. Relations and sizes are its weakest "
+               "part; colours and shapes its strongest.",
+    ),
+    "demo-owlvit": dict(
+        what="a small OWL-ViT open-vocabulary detector (`OwlViTForObjectDetection`: ViT image encoder, "
+             "CLIP-style text encoder, class and box heads) trained from scratch with a DETR-style set "
+             "loss (Hungarian matching on 2 focal + 5 L1 + 2 (1 - GIoU); sigmoid focal loss of every "
+             "patch against every text query; the queries of a batch are all 50 training phrases plus "
+             "the 15 one-word colour and shape queries)",
+        limits="It finds coloured geometric shapes prompted as \"<colour> <shape>\" (or one colour / "
+               "shape word). Its tokenizer knows only the colour, shape and size words (plus \"a\", "
+               "\"an\", \"shape\", \"object\"); any other word becomes <unk>, so \"person\" or \"cup\" "
+               "cannot be detected. The six held-out colour-shape pairs were never prompted in training; "
+               "detecting them is composition of words it has seen. It does not know the world.",
+    ),
+}
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine, for reproducibility notes."""
+    import numpy
+    import torch
+    import transformers
+
+    from edgevlp import __version__
+    from edgevlp.data.vocab import GENERATOR_VERSION
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"edgevlp": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(),
+            "shape_generator_version": GENERATOR_VERSION,
+            "machine": f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores",
+            "torch_threads": torch.get_num_threads()}
+
+
+def read_card_data(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(model_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_eval(model_dir: str | os.PathLike[str], result: dict[str, Any]) -> None:
+    """Store an :func:`edgevlp.eval.evaluate` result under ``metrics[data]`` and re-render the card."""
+    data = read_card_data(model_dir)
+    keep = {k: v for k, v in result.items() if k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "map",
+                                                     "map50", "map75", "heldout_pairs", "n_images", "seconds")}
+    data.setdefault("metrics", {})[result["data"]] = keep
+    write_card(model_dir, data)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_card(model_dir: str | os.PathLike[str], data: dict[str, Any]) -> Path:
+    """Write ``metrics.json`` and ``README.md`` for the model in ``model_dir``."""
+    model_dir = Path(model_dir)
+    (model_dir / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
+    name, task = data["name"], data["task"]
+    tr, env = data.get("training", {}), data.get("environment", {})
+    text = _TEXT.get(name, {"what": name, "limits": "see the training code"})
+    lines = [
+        f"# {name}", "",
+        f"**What**: {text['what']}. {data.get('parameters', 0):,} parameters, "
+        f"{data.get('image_size')} px input, weights stored as float16 (loaded as float32).", "",
+        "**Intended use**: the demo (`make demo`), tests, benchmarks and the compression/export examples "
+        "of edgevlp. It is a stand-in for a real checkpoint that needs no download, not a useful "
+        "vision-language model.", "",
+        "**Data**: procedurally generated shape scenes (`edgevlp.data`, generator version "
+        f"{env.get('shape_generator_version')}), drawn on the fly from the `train` split "
+        f"({tr.get('images_seen', 0):,} images seen, none repeated): flat/gradient/blob/photo "
+        "backgrounds, 1-4 objects, rotation, occlusion, blur/noise/JPEG/lighting. Evaluated on the "
+        "disjoint `val` split and on `heldout` (scenes that each contain one colour-shape pair never "
+        "drawn in training: green triangle, purple star, yellow hexagon, red cross, blue circle, "
+        "orange square).", "",
+        "## Metrics", "",
+    ]
+    metrics = data.get("metrics", {})
+    keys = _KEYS[task]
+    if metrics:
+        lines += ["| data | images | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        for where, m in sorted(metrics.items()):
+            lines.append(f"| {where} | {m.get('n_images', '')} | " + " | ".join(_fmt(m.get(k, '')) for k in keys) + " |")
+            if "heldout_pairs" in m:
+                h = m["heldout_pairs"]
+                lines.append(f"| {where}, held-out pairs only | {m.get('n_images', '')} | "
+                             + " | ".join(_fmt(h.get(k, '')) for k in keys) + " |")
+        lines.append("")
+    if task == "caption":
+        lines.append("BLEU-4 and CIDEr-D from pycocoevalcap's scorers on simple lower-case whitespace "
+                     "tokenisation (its Java PTB tokenizer is not used), greedy decoding, 3-5 "
+                     "references per image.")
+    else:
+        lines.append("COCO box mAP@[.5:.95] (map) and mAP@.5 (map50) from pycocotools; every phrase of "
+                     "the split is queried on every image (50 on val, 56 on heldout), so false "
+                     "positives from all images count; the 100 best (box, phrase) pairs per image are "
+                     "kept. \"held-out pairs only\" averages over the six unseen pairs.")
+    targets = data.get("targets")
+    if targets:
+        lines += ["", f"Targets (issue 7): {targets}."]
+    lines += ["", "Reproduce a metric: `edgevlp eval " + name + " --data shapes:val` "
+              "(add `--json out.json` for the numbers).", "", "## Limits", "", text["limits"], "",
+              "## How it was made", "",
+              "```", tr.get("command", ""), "```", "",
+              f"- seed {tr.get('seed')}, {tr.get('steps')} steps of batch {tr.get('batch_size')}, "
+              f"AdamW lr {tr.get('lr')} (warm-up {tr.get('warmup')} steps, cosine to 5 %), "
+              f"weight decay {tr.get('weight_decay')}, gradient clip 1.0, no dropout",
+              f"- wall time {tr.get('wall_time_min', '?')} min on {env.get('machine')}, "
+              f"{env.get('torch_threads')} torch threads (shared with other jobs: throughput varied)",
+              f"- torch {env.get('torch')}, transformers {env.get('transformers')}, numpy {env.get('numpy')}, "
+              f"python {env.get('python')}, edgevlp {env.get('edgevlp')}",
+              "- the command writes the model here plus `.train/` (fp32 checkpoint, optimizer state, "
+              "log); `--resume` continues an interrupted run exactly (data are a function of seed and step)",
+              ""]
+    notes = data.get("notes")
+    if notes:
+        lines += ["## Notes", "", notes, ""]
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines))
+    return path

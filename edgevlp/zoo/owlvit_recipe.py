@@ -1,0 +1,205 @@
+"""``demo-owlvit``: a small OWL-ViT trained from scratch on phrase-labelled shape boxes.
+
+DETR-style set loss: each object is matched to one patch (Hungarian, scipy) on
+``2 * focal + 5 * L1 + 2 * (1 - GIoU)``; the class loss is a sigmoid focal loss of every patch
+against every text query. The queries of a batch are shared and encoded once: all ordinary
+colour-shape phrases (the negatives of each object) plus the one-word queries ("green",
+"triangle"), which are positive for every object of that colour / shape and help the two be learned
+apart. Held-out pairs are never queried in training, so their detection is compositional.
+
+transformers 4.57 notes: ``OwlViTForObjectDetection`` never calls ``post_init`` on its heads, so the
+last box layer is zeroed (boxes start at their patch) and the logits start near -3; the text model
+pools at ``argmax(input_ids)`` (EOS has the highest id) and pads with id 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor
+
+from edgevlp.data import COLOURS, SHAPES, SIZES, dataset
+from edgevlp.data.vocab import CATEGORIES, HELDOUT_PAIRS, SPLITS
+from edgevlp.models._tokenizers import clip_like_tokenizer
+from edgevlp.models.owlvit import OwlViTAdapter
+from edgevlp.zoo._loop import Recipe, to_pixels
+from edgevlp.zoo.blip_recipe import CLIP_MEAN, CLIP_STD
+
+__all__ = ["OwlViTRecipe", "TRAIN_PHRASES", "box_cxcywh_to_xyxy", "generalized_iou", "forward_detector"]
+
+#: Phrases that occur in train/val/test (the held-out pairs never do).
+TRAIN_PHRASES: tuple[str, ...] = tuple(p for p in CATEGORIES if tuple(p.split()) not in HELDOUT_PAIRS)
+_WORD_QUERIES: tuple[str, ...] = (*COLOURS, *SHAPES)
+QUERIES: tuple[str, ...] = (*TRAIN_PHRASES, *_WORD_QUERIES)
+_WORDS = (*COLOURS, *SHAPES, *SIZES, "a", "an", "shape", "object")
+
+_SIZES = {
+    False: dict(image=128, patch=16, vision=(192, 6), text=(128, 2), heads=3, mlp=4),
+    True: dict(image=64, patch=16, vision=(32, 1), text=(32, 1), heads=2, mlp=2),
+}
+MAX_TEXT = 8
+W_FOCAL, W_L1, W_GIOU = 2.0, 5.0, 2.0
+
+
+def box_cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = b.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise GIoU of xyxy boxes ``a`` (n, 4) and ``b`` (m, 4) -> (n, m)."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    iou = inter / union.clamp(min=1e-9)
+    lt_c = torch.min(a[:, None, :2], b[None, :, :2])
+    rb_c = torch.max(a[:, None, 2:], b[None, :, 2:])
+    hull = (rb_c - lt_c).clamp(min=0).prod(-1)
+    return iou - (hull - union) / hull.clamp(min=1e-9)
+
+
+def _focal(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    return (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+
+
+def forward_detector(adapter: OwlViTAdapter, pixel_values: torch.Tensor, query_ids: torch.Tensor,
+                     query_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(batch, patches, queries)`` and boxes ``(batch, patches, 4)`` (cxcywh in [0, 1]), with
+    the queries encoded once and shared by every image (what HF's forward does per image)."""
+    m = adapter.model
+    feature_map = m.image_embedder(pixel_values=pixel_values)[0]
+    b, h, w, d = feature_map.shape
+    feats = feature_map.reshape(b, h * w, d)
+    text = m.owlvit.get_text_features(input_ids=query_ids, attention_mask=query_mask)
+    queries = text.unsqueeze(0).expand(b, -1, -1)
+    logits, _ = m.class_head(feats, queries, None)
+    boxes = m.box_predictor(feats, feature_map)
+    return logits, boxes
+
+
+def _train_index(step: int, batch_size: int, seed: int) -> int:
+    return (seed * 499_979 + 333_331 + step * batch_size) % (len(SPLITS["train"]) - batch_size)
+
+
+class OwlViTRecipe(Recipe):
+    name = "demo-owlvit"
+    family = "owlvit"
+    defaults: ClassVar[dict[str, Any]] = dict(steps=1600, batch_size=32, lr=1e-3, warmup=150, eval_every=400,
+                                              eval_n=64, checkpoint_every=100)
+
+    def __init__(self) -> None:
+        self.image_size = 128
+        self._query_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def build(self, seed: int, tiny: bool) -> OwlViTAdapter:
+        c = _SIZES[tiny]
+        self.image_size = c["image"]
+        tokenizer = clip_like_tokenizer(_WORDS)
+        vocab = tokenizer.get_vocab()
+        vw, vl = c["vision"]
+        tw, tl = c["text"]
+        text = dict(vocab_size=len(vocab), hidden_size=tw, intermediate_size=tw * c["mlp"], num_hidden_layers=tl,
+                    num_attention_heads=c["heads"] if tw % c["heads"] == 0 else 2,
+                    max_position_embeddings=MAX_TEXT, pad_token_id=vocab["!"],
+                    bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"])
+        text["num_attention_heads"] = 4 if tw % 4 == 0 else 2
+        vision = dict(hidden_size=vw, intermediate_size=vw * c["mlp"], num_hidden_layers=vl,
+                      num_attention_heads=c["heads"], image_size=c["image"], patch_size=c["patch"])
+        # the class head maps vision features to text-hidden size and compares them with projected
+        # text embeddings, so projection_dim must equal the text hidden size
+        config = OwlViTConfig(text_config=text, vision_config=vision, projection_dim=tw)
+        config.architectures = [OwlViTAdapter.architecture]
+        torch.manual_seed(seed)
+        model = OwlViTForObjectDetection(config)
+        with torch.no_grad():
+            last = model.box_head.dense2
+            last.weight.zero_()
+            last.bias.zero_()
+            head = model.class_head
+            head.logit_shift.weight.zero_()
+            head.logit_shift.bias.fill_(-1.5)
+            head.logit_scale.weight.zero_()
+            head.logit_scale.bias.fill_(1.0)  # elu(1) + 1 = 2: logits start at 2 * (sim - 1.5), ~ -3
+        processor = OwlViTImageProcessor(size={"height": c["image"], "width": c["image"]},
+                                         crop_size={"height": c["image"], "width": c["image"]},
+                                         image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).to_dict()
+        self._query_cache = None
+        return OwlViTAdapter(model, processor_config=processor, tokenizer=tokenizer,
+                             source=f"{self.name} (edgevlp zoo train, seed {seed})")
+
+    def _queries(self, adapter: OwlViTAdapter) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._query_cache is None:
+            enc = adapter.encode_prompts(list(QUERIES))
+            self._query_cache = (enc["input_ids"], enc["attention_mask"])
+        return self._query_cache
+
+    def batch(self, step: int, batch_size: int, seed: int) -> dict[str, Any]:
+        scenes = list(dataset("train", batch_size, size=self.image_size,
+                              start=_train_index(step, batch_size, seed)))
+        size = float(self.image_size)
+        index = {q: i for i, q in enumerate(QUERIES)}
+        targets = []
+        for s in scenes:
+            boxes = torch.tensor([o.box_xyxy for o in s.objects], dtype=torch.float32).reshape(-1, 4) / size
+            pos = [[index[o.phrase], index[o.colour], index[o.shape]] for o in s.objects]
+            targets.append({"boxes": boxes, "phrase": torch.tensor([p[0] for p in pos]), "pos": pos})
+        return {"pixel_values": to_pixels([s.image for s in scenes], CLIP_MEAN, CLIP_STD), "targets": targets}
+
+    def loss(self, adapter: OwlViTAdapter, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        from scipy.optimize import linear_sum_assignment
+
+        ids, mask = self._queries(adapter)
+        logits, boxes = forward_detector(adapter, batch["pixel_values"], ids, mask)
+        b, p, q = logits.shape
+        cls_target = torch.zeros_like(logits)
+        src_boxes, tgt_boxes = [], []
+        with torch.no_grad():
+            prob = logits.sigmoid()
+            pred_xyxy = box_cxcywh_to_xyxy(boxes)
+        for i, t in enumerate(batch["targets"]):
+            k = len(t["boxes"])
+            if k == 0:
+                continue
+            tgt_xyxy = t["boxes"]
+            tgt_cxcywh = torch.cat([(tgt_xyxy[:, :2] + tgt_xyxy[:, 2:]) / 2, tgt_xyxy[:, 2:] - tgt_xyxy[:, :2]], -1)
+            with torch.no_grad():
+                pr = prob[i][:, t["phrase"]]  # (patches, k)
+                pos_cost = 0.25 * (1 - pr) ** 2 * -(pr + 1e-8).log()
+                neg_cost = 0.75 * pr ** 2 * -(1 - pr + 1e-8).log()
+                cost = (W_FOCAL * (pos_cost - neg_cost) + W_L1 * torch.cdist(boxes[i].detach(), tgt_cxcywh, p=1)
+                        - W_GIOU * generalized_iou(pred_xyxy[i], tgt_xyxy))
+                rows, cols = linear_sum_assignment(cost.numpy())
+            for r, c in zip(rows.tolist(), cols.tolist()):
+                cls_target[i, r, t["pos"][c]] = 1.0
+                src_boxes.append(boxes[i, r])
+                tgt_boxes.append(tgt_cxcywh[c])
+        n_obj = max(len(src_boxes), 1)
+        loss_cls = _focal(logits, cls_target).sum() / n_obj
+        if src_boxes:
+            sb, tb = torch.stack(src_boxes), torch.stack(tgt_boxes)
+            loss_l1 = F.l1_loss(sb, tb, reduction="sum") / n_obj
+            loss_giou = (1 - torch.diag(generalized_iou(box_cxcywh_to_xyxy(sb), box_cxcywh_to_xyxy(tb)))).sum() / n_obj
+        else:
+            loss_l1 = loss_giou = logits.sum() * 0
+        loss = W_FOCAL * loss_cls + W_L1 * loss_l1 + W_GIOU * loss_giou
+        return loss, {"cls": round(float(loss_cls.detach()), 4), "l1": round(float(loss_l1.detach()), 4),
+                      "giou": round(float(loss_giou.detach()), 4)}
+
+    def quick_eval(self, adapter: OwlViTAdapter, n: int) -> dict[str, float]:
+        from edgevlp.eval.evaluate import detect_scenes_torch
+        from edgevlp.eval.metrics import detection_scores
+
+        scenes = list(dataset("val", n, size=self.image_size))
+        records = detect_scenes_torch(adapter, scenes, list(TRAIN_PHRASES), progress=False)
+        scores = detection_scores(records, list(TRAIN_PHRASES))
+        return {"map": scores["map"], "map50": scores["map50"]}
