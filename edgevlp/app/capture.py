@@ -217,13 +217,14 @@ def open_source(text: str, timeout_s: float = 10.0) -> OpenCVSource:
 
 @dataclass(frozen=True)
 class Frame:
-    """A captured frame: running ``index`` from the source, ``timestamp`` (Unix seconds) and ``t``
-    (seconds since the capture started), ``image`` BGR uint8."""
+    """A captured frame: running ``index`` from the source, ``timestamp`` (Unix seconds), ``t`` (seconds
+    since the capture started), ``image`` BGR uint8 and ``monotonic`` (``time.monotonic()`` at capture)."""
 
     index: int
     timestamp: float
     t: float
     image: np.ndarray = field(repr=False)
+    monotonic: float = 0.0
 
 
 class FrameSlot(Generic[T]):
@@ -234,8 +235,8 @@ class FrameSlot(Generic[T]):
 
     Example:
         >>> slot = FrameSlot(capacity=1, drop=True)
-        >>> slot.put("a"); slot.put("b"); slot.get(timeout=0), slot.dropped
-        ('b', 1)
+        >>> slot.put("a"), slot.put("b"), slot.get(timeout=0), slot.dropped
+        (True, True, 'b', 1)
     """
 
     def __init__(self, capacity: int = 1, *, drop: bool = True) -> None:
@@ -334,7 +335,7 @@ class Capture(threading.Thread):
         self.error: BaseException | None = None
         self.end_reason = ""
         self.opened = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._blocking_since: float | None = None
         self._blocking_what = ""
 
@@ -371,7 +372,7 @@ class Capture(threading.Thread):
     def _open(self, after_frames: int | None) -> None:
         attempt = 0
         last = ""
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.opens += 1
                 self._call("open", self.source.open)
@@ -389,12 +390,12 @@ class Capture(threading.Thread):
                 break
             wait = self.backoff.delay(attempt)
             attempt += 1
-            self.on_event(f"{self.source.name}: {last}; retry {attempt}/{self.backoff.tries} in {wait:.1f} s")
-            if self._stop.wait(wait):
+            self.on_event(f"{last}; retry {attempt}/{self.backoff.tries} in {wait:.1f} s")
+            if self._halt.wait(wait):
                 return
-        if self._stop.is_set():
+        if self._halt.is_set():
             return
-        tries = f"; tried {attempt + 1} time{'s' if attempt else ''}" if self.source.live else ""
+        tries = f"; tried {attempt + 1} times" if attempt else ""
         if after_frames is None:
             raise SourceError((last if last.startswith("could not open") else
                                f"could not open {self.source.name}: {last}") + tries)
@@ -405,10 +406,10 @@ class Capture(threading.Thread):
         self._open(after_frames=None)
         start_mono, start_wall = time.monotonic(), time.time()
         next_due = start_mono
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             if self.fps_limit:
                 delay = next_due - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
+                if delay > 0 and self._halt.wait(delay):
                     break
                 next_due = max(next_due + 1.0 / self.fps_limit, time.monotonic())
             try:
@@ -431,7 +432,7 @@ class Capture(threading.Thread):
                 self._open(after_frames=self.captured)
                 continue
             now = time.monotonic()
-            frame = Frame(self.captured, start_wall + (now - start_mono), now - start_mono, image)
+            frame = Frame(self.captured, start_wall + (now - start_mono), now - start_mono, image, now)
             self.captured += 1
             if not self.slot.put(frame):
                 break
@@ -447,7 +448,7 @@ class Capture(threading.Thread):
         :class:`SourceError` when the source cannot be opened, is lost, or hangs past the timeout."""
         if not self.is_alive() and not self.slot.closed:
             self.start()
-        grace = max(self.timeout_s, 2.0)
+        grace = max(self.timeout_s, 1.0)
         while True:
             frame = self.slot.get(timeout=poll_s)
             if frame is not None:
@@ -458,12 +459,12 @@ class Capture(threading.Thread):
                     raise self.error
                 return
             if self.blocked_for() > self.timeout_s + grace:
-                raise SourceError(f"{self.source.name} did not answer a {self._blocking_what} within "
+                raise SourceError(f"{self.source.name}: {self._blocking_what} did not finish within "
                                   f"{self.timeout_s:g} s (--timeout); check the camera or stream")
 
     def stop(self, join_s: float = 2.0) -> None:
         """Stop reading and wait up to ``join_s`` for the thread (a hung driver call is abandoned)."""
-        self._stop.set()
+        self._halt.set()
         self.slot.close()
         if self.is_alive():
             self.join(join_s)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from edgevlp.errors import EdgeVLPError, InputError
 
@@ -30,6 +30,8 @@ def run_command(args: argparse.Namespace, *, expect_task: str | None = None, pro
     from edgevlp.app.sinks import WindowSink
 
     parse_source(config.source)  # a missing file fails before any model is loaded
+    if not getattr(args, "debug", False):
+        _quiet_opencv()
     bundles = list(args.bundles)
     if expect_task is not None:
         from edgevlp.bundle import read_manifest
@@ -51,12 +53,33 @@ def run_command(args: argparse.Namespace, *, expect_task: str | None = None, pro
     return 0
 
 
+def _quiet_opencv() -> None:
+    """OpenCV and FFmpeg print their own warnings for every failed open; our one-line errors say it
+    better. ``--debug`` (or the user's own OPENCV_* settings) keeps them."""
+    import os
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when FFmpeg is first used
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def script_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *,
-                expect_task: str | None = None) -> int:
+                expect_task: str | None = None,
+                bundles: Callable[[argparse.Namespace], list[str]] | None = None) -> int:
     """Parse ``argv`` and run, with the CLI's exit codes: 0 ok, 1 error (one line), 2 usage, 130 interrupted,
-    70 internal error (traceback only with ``--debug``)."""
+    70 internal error (traceback only with ``--debug``). ``bundles`` maps the parsed options to the bundle
+    list when the parser has no ``bundles`` positional.
+
+    Example:
+        >>> script_main(parser, ["b/owl", "--source", "0", "--prompts", "cup"], expect_task="detect",
+        ...             bundles=lambda a: [a.bundle])                                  # doctest: +SKIP
+    """
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     args = parser.parse_args(argv)
+    if bundles is not None:
+        args.bundles = bundles(args)
     prog = parser.prog
     from edgevlp.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, _terminate_cleanly
 

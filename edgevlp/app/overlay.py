@@ -68,8 +68,8 @@ def wrap_text(text: str, max_width: int, scale: float, thickness: int = 1) -> li
     """Split ``text`` into lines no wider than ``max_width`` pixels (a longer word is cut).
 
     Example:
-        >>> wrap_text("a small red circle next to a big blue square", 120, 0.5)[:2]
-        ['a small red', 'circle next to a']
+        >>> wrap_text("a small red circle next to a big blue square", 180, 0.5)
+        ['a small red circle next to a', 'big blue square']
     """
     lines: list[str] = []
     current = ""

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
@@ -129,6 +130,7 @@ class CaptionWorker(threading.Thread):
         self.latest: CaptionUpdate | None = None
         self.error: BaseException | None = None
         self.count = 0
+        self.finished: collections.deque[CaptionUpdate] = collections.deque(maxlen=1000)  # drained by the loop
         self._lock = threading.Lock()
 
     def caption(self, frame: Frame) -> CaptionUpdate:
@@ -140,6 +142,7 @@ class CaptionWorker(threading.Thread):
         with self._lock:
             self.count += 1
             self.latest = CaptionUpdate(str(result.text), frame.index, timings, self.count)
+            self.finished.append(self.latest)
             return self.latest
 
     def submit(self, frame: Frame) -> None:
@@ -243,10 +246,12 @@ class _Run:
         elif time.monotonic() - self.last_submit >= cadence.value:
             worker.submit(frame)
             self.last_submit = time.monotonic()
+        while worker.finished:  # every caption's timings count in the statistics, not only the latest
+            self.stats.add(worker.finished.popleft().timings)
         latest = worker.latest
         if latest is not None and latest.seq != self.last_caption_seq:
             self.last_caption_seq = latest.seq
-            timings.update(latest.timings)
+            timings.update(latest.timings)  # the JSONL line of the frame where a new caption appears
         return latest
 
     def hud(self, capture: Capture, detections: Any, timings: Mapping[str, float]) -> list[str]:
@@ -271,6 +276,51 @@ class _Run:
         self.last_done = now
 
 
+    def step(self, frame: Frame, capture: Capture, sink: FileSink | None, window: WindowSink | None) -> str:
+        """Process one frame: prompts, detection, caption, overlay, outputs. Returns a stop reason or ''."""
+        config, detector = self.config, self.detector
+        t_start = time.perf_counter()
+        timings = self.check_prompts()
+        detections = None
+        if detector is not None:
+            t0 = time.perf_counter()
+            detections = detector.detect(frame.image, threshold=config.threshold)
+            timings["detect"] = (time.perf_counter() - t0) * 1e3
+            timings.update({f"detect_{k}": float(v) for k, v in detections.timings.items()})
+        caption = self.caption_for(frame, timings)
+        self.tick(time.perf_counter())
+        annotated = None
+        if sink is not None or window is not None:
+            t0 = time.perf_counter()
+            annotated = render(frame.image, detections, caption.text if caption else None,
+                               self.hud(capture, detections, timings))
+            timings["overlay"] = (time.perf_counter() - t0) * 1e3
+        timings["process"] = (time.perf_counter() - t_start) * 1e3
+        timings["end_to_end"] = (time.monotonic() - frame.monotonic) * 1e3
+        if sink is not None:
+            record = {"frame": self.processed, "source_frame": frame.index, "timestamp": round(frame.timestamp, 4),
+                      "t": round(frame.t, 4), "caption": caption.text if caption else None,
+                      "caption_frame": caption.frame if caption else None,
+                      "detections": _detections_json(detections) if detections is not None else None,
+                      "timings": {k: round(v, 3) for k, v in timings.items()}}
+            t0 = time.perf_counter()
+            sink.write(annotated, record)
+            timings["write"] = (time.perf_counter() - t0) * 1e3
+        self.stats.add({k: v for k, v in timings.items() if not k.startswith("caption")})
+        self.processed += 1
+        self.end = time.perf_counter()
+        if window is not None:
+            key = window.show(annotated)
+            if key == _PROMPTS_KEY:
+                self.stats.add(self.check_prompts(force=True))
+            if key in _QUIT_KEYS:
+                return "quit key"
+            if window.closed_by_user:
+                return "window closed"
+        if config.max_frames is not None and self.processed >= config.max_frames:
+            return "max frames"
+        return ""
+
 def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, source: VideoSource | None = None,
             window: WindowSink | None = None, report: Callable[[str], None] | None = None,
             on_event: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -291,52 +341,20 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, s
     src = source if source is not None else open_source(config.source, timeout_s=config.timeout_s)
     capture = Capture(src, queue_size=config.queue_size, fps_limit=config.fps_limit, timeout_s=config.timeout_s,
                       backoff=Backoff(config.reconnect, config.backoff_s, config.backoff_max_s), on_event=events)
-    sink = FileSink(config.output, force=config.force) if config.output else None
+    if config.output:
+        FileSink.check(config.output, force=config.force)  # fail before the source opens
+    sink: FileSink | None = None
     stopped, error = "end of stream", None
     try:
         for frame in capture.frames():
             if run.first_start is None:
                 run.first_start = time.perf_counter()
-                if sink is not None:
-                    sink.fps = config.fps_limit or capture.source_fps or 30.0
-            t_start = time.perf_counter()
-            timings = run.check_prompts()
-            detections = None
-            if detector is not None:
-                t0 = time.perf_counter()
-                detections = detector.detect(frame.image, threshold=config.threshold)
-                timings["detect"] = (time.perf_counter() - t0) * 1e3
-                timings.update({f"detect_{k}": float(v) for k, v in detections.timings.items()})
-            caption = run.caption_for(frame, timings)
-            run.tick(time.perf_counter())
-            annotated = None
-            if sink is not None or window is not None:
-                t0 = time.perf_counter()
-                annotated = render(frame.image, detections, caption.text if caption else None,
-                                   run.hud(capture, detections, timings))
-                timings["overlay"] = (time.perf_counter() - t0) * 1e3
-            timings["latency"] = (time.perf_counter() - t_start) * 1e3
-            record = {"frame": run.processed, "source_frame": frame.index, "timestamp": round(frame.timestamp, 4),
-                      "t": round(frame.t, 4), "caption": caption.text if caption else None,
-                      "caption_frame": caption.frame if caption else None,
-                      "detections": _detections_json(detections) if detections is not None else None,
-                      "timings": {k: round(v, 3) for k, v in timings.items()}}
-            if sink is not None:
-                t0 = time.perf_counter()
-                sink.write(annotated, record)
-                timings["write"] = (time.perf_counter() - t0) * 1e3
-            run.stats.add(timings)
-            run.processed += 1
-            run.end = time.perf_counter()
-            if window is not None:
-                key = window.show(annotated)
-                if key == _PROMPTS_KEY:
-                    run.stats.add(run.check_prompts(force=True))
-                if key in _QUIT_KEYS or window.closed_by_user:
-                    stopped = "quit key" if key in _QUIT_KEYS else "window closed"
-                    break
-            if config.max_frames is not None and run.processed >= config.max_frames:
-                stopped = "max frames"
+                if config.output:  # files appear with the first frame: a failed open leaves none
+                    sink = FileSink(config.output, fps=config.fps_limit or capture.source_fps or 30.0,
+                                    force=config.force)
+            reason = run.step(frame, capture, sink, window)
+            if reason:
+                stopped = reason
                 break
     except SourceError as err:
         stopped, error = "source error", str(err)
@@ -351,12 +369,14 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, s
         capture.stop()
         if run.worker is not None:
             run.worker.stop()
+            while run.worker.finished:  # captions that finished after the last frame
+                run.stats.add(run.worker.finished.popleft().timings)
         if own_window and window is not None:
             window.close()
         summary = _summary(config, run, capture, stopped, error, captioner, detector, sink)
         if sink is not None:
             sink.close(summary)
-        if report is not None:
+        if report is not None and run.processed:
             report(format_summary(summary))
     return summary
 
@@ -388,9 +408,9 @@ def _summary(config: AppConfig, run: _Run, capture: Capture, stopped: str, error
     }
 
 
-_STAGE_ORDER = ("latency", "detect", "detect_preprocess", "detect_encode", "detect_postprocess", "caption",
-                "caption_preprocess", "caption_encode", "caption_decode", "caption_postprocess", "overlay", "write",
-                "prompts")
+_STAGE_ORDER = ("end_to_end", "process", "detect", "detect_preprocess", "detect_encode", "detect_postprocess",
+                "caption", "caption_preprocess", "caption_encode", "caption_decode", "caption_postprocess",
+                "overlay", "write", "prompts")
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:

@@ -3,7 +3,7 @@
 Example:
     >>> from edgevlp.app.prompts import PromptsFile
     >>> watcher = PromptsFile("prompts.txt", poll_s=0.5)     # doctest: +SKIP
-    >>> watcher.poll()          # new prompts when the file changed since the last read, else None
+    >>> watcher.poll()     # new prompts if the file changed since the last read, else None  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -69,12 +69,7 @@ class FileSink:
     def __init__(self, output: str | os.PathLike[str], fps: float = 30.0, *, force: bool = False,
                  fourcc: str = "mp4v") -> None:
         self.dir = Path(output)
-        if self.dir.exists() and not self.dir.is_dir():
-            raise InputError(f"--output {self.dir} is a file, not a directory")
-        existing = [name for name in OUTPUT_FILES if (self.dir / name).exists()]
-        if existing and not force:
-            raise InputError(f"--output {self.dir} already holds {', '.join(existing)} from an earlier run; "
-                             "pass --force to overwrite them or pick another directory")
+        existing = self.check(self.dir, force=force)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             for name in existing:
@@ -89,6 +84,19 @@ class FileSink:
         self.lines = 0
         self._writer = None
         self._size: tuple[int, int] | None = None
+
+    @staticmethod
+    def check(output: str | os.PathLike[str], *, force: bool = False) -> list[str]:
+        """The output files already in ``output``; :class:`InputError` if there are any and not ``force``,
+        or if ``output`` is a file."""
+        out = Path(output)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--output {out} is a file, not a directory")
+        existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+        if existing and not force:
+            raise InputError(f"--output {out} already holds {', '.join(existing)} from an earlier run; "
+                             "pass --force to overwrite them or pick another directory")
+        return existing
 
     @property
     def paths(self) -> dict[str, Path]:
