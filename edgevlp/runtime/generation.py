@@ -34,7 +34,7 @@ from edgevlp.errors import InputError
 from edgevlp.runtime.backends import GraphSession
 
 __all__ = ["Decoder", "CachedDecoder", "greedy", "beam_search", "apply_repetition_penalty",
-           "check_generation_args"]
+           "check_generation_args", "generation_defaults"]
 
 _NEG = np.float32(-1.0e9)  # transformers' "impossible" score in beam search
 
