@@ -55,7 +55,7 @@ def _boost_eos(adapter: Any, arch: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pairs(tmp_path_factory: pytest.TempPathFactory):
+def pairs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir, exported):
     """Factory: (architecture, variant) -> Pair of the torch model and its exported cpu bundle."""
     from edgevlp.export import export_model
     from edgevlp.export.parity import parity_photos, parity_pixels
@@ -67,17 +67,20 @@ def pairs(tmp_path_factory: pytest.TempPathFactory):
 
     def make(arch: str, variant: str) -> Pair:
         if (arch, variant) not in cache:
-            root = tmp_path_factory.mktemp(f"gen-{variant}")
-            adapter = tiny_adapter(arch)
             if variant == "eos":
+                root = tmp_path_factory.mktemp(f"gen-{variant}")
+                adapter = tiny_adapter(arch)
                 _boost_eos(adapter, arch)
-            adapter.save_pretrained(root / "model")
-            export_model(root / "model", root / "bundle", target="cpu", progress=False)
-            model = load(root / "bundle")
+                model_dir, bundle = root / "model", root / "bundle"
+                adapter.save_pretrained(model_dir)
+                export_model(model_dir, bundle, target="cpu", progress=False)
+            else:  # the suite's shared tiny model and its cpu bundle
+                model_dir, bundle = tiny_model_dir(arch), exported(arch, "cpu")
+            model = load(bundle)
             spec = PreprocessSpec.from_dict(model.manifest.preprocess)
             photos = parity_pixels(spec, parity_photos())
             noise = np.random.default_rng(1).normal(size=(3, *photos.shape[1:])).astype(np.float32)
-            cache[arch, variant] = Pair(load_model(root / "model"), model, np.concatenate([photos, noise]),
+            cache[arch, variant] = Pair(load_model(model_dir), model, np.concatenate([photos, noise]),
                                         int(model.generation["eos_token_id"]))
         return cache[arch, variant]
 
