@@ -1,0 +1,86 @@
+"""OpenVINO backend: NNCF INT8 on IR converted from the FP32 ONNX (``.int8.xml`` + ``.bin``).
+
+``ptq_static``: ``nncf.quantize(model_type=TRANSFORMER)`` with the calibration feeds (MinMax or quantile
+range estimators); ``weight_only``: ``nncf.compress_weights`` (INT8_SYM / INT8_ASYM). Nodes the recipe
+or the fallback keeps in FP32 are passed as an ``IgnoredScope`` of the OpenVINO operations named after
+the ONNX nodes' outputs (best effort: ``validate=False``, since conversion may fuse some of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgevlp.compress.recipe import QuantConfig
+from edgevlp.errors import BackendUnavailableError
+
+__all__ = ["OpenVINOBackend"]
+
+
+class OpenVINOBackend:
+    """Quantises with NNCF and runs with the OpenVINO CPU plugin."""
+
+    name = "openvino"
+    suffix = ".int8.xml"
+
+    def __init__(self) -> None:
+        try:
+            import nncf  # noqa: F401
+            import openvino  # noqa: F401
+        except ImportError:
+            raise BackendUnavailableError("backend 'openvino' needs openvino and nncf "
+                                          "(pip install 'edgevlp[openvino,compress]')") from None
+
+    def quantize(self, role: str, src: Path, dst: Path, cfg: QuantConfig, calib: list[dict[str, np.ndarray]],
+                 exclude: set[str], cache: Path, nonfinite: frozenset[str] = frozenset()) -> dict[str, Any]:
+        import nncf
+        import openvino as ov
+
+        model = ov.convert_model(str(src))
+        outputs = {n.name: n.output[0] for n in onnx.load(str(src), load_external_data=False).graph.node
+                   if n.output}
+        ignored = nncf.IgnoredScope(names=sorted(outputs[n] for n in exclude if n in outputs), validate=False)
+        if cfg.method == "weight_only":
+            mode = nncf.CompressWeightsMode.INT8_SYM if cfg.weights.symmetric else nncf.CompressWeightsMode.INT8_ASYM
+            model = nncf.compress_weights(model, mode=mode, ignored_scope=ignored)
+            details = {"format": f"OpenVINO IR, nncf.compress_weights {mode.name}", "weights": "int8"}
+        elif cfg.method == "ptq_static":
+            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+            from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+            ranges = RangeEstimatorParametersSet.MINMAX if cfg.calibration.method == "minmax" \
+                else RangeEstimatorParametersSet.QUANTILE
+            preset = nncf.QuantizationPreset.PERFORMANCE if cfg.activations.symmetric \
+                else nncf.QuantizationPreset.MIXED
+            model = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), preset=preset,
+                                  model_type=nncf.ModelType.TRANSFORMER, ignored_scope=ignored,
+                                  advanced_parameters=AdvancedQuantizationParameters(
+                                      activations_range_estimator_params=ranges))
+            details = {"format": "OpenVINO IR, nncf.quantize (FakeQuantize, ModelType.TRANSFORMER)",
+                       "preset": preset.name, "calibration": cfg.calibration.method,
+                       "calibration_samples": len(calib)}
+        else:
+            raise ValueError(f"method {cfg.method!r} is not offered by the openvino backend")
+        ov.save_model(model, str(dst), compress_to_fp16=False)
+        return details
+
+    def runner(self, path: Path, threads: int = 0) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        request = compiled.create_infer_request()
+
+        def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            result = request.infer(feed)
+            return [np.array(result[o]) for o in compiled.outputs]
+
+        return run
+
+    @staticmethod
+    def output_names(path: Path) -> list[str]:
+        return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]

@@ -1,0 +1,137 @@
+"""Calibration data: real frames through the runtime's preprocessing, turned into feeds per graph.
+
+Sources: ``shapes:SPLIT`` (procedural scenes, with their phrases), a folder of images, or
+``coco:PATH`` (images and the phrases of their boxes). Every frame goes through
+:func:`edgevlp.runtime.preprocess.preprocess` with the adapter's :class:`PreprocessSpec`, exactly as
+at run time. The text decoder is calibrated on the inputs of every step of a real greedy decode with
+the FP32 graphs (so its KV cache holds what it will hold at run time); a detector's text graph on the
+phrases of the frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgevlp.errors import InputError
+from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
+
+__all__ = ["Frame", "load_frames", "real_photos", "Feeds", "build_feeds", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+Feeds = list[dict[str, np.ndarray]]
+_FOLDER_PHRASES = ("a photo of a person", "a photo of a cat", "a red circle", "a blue square")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A BGR uint8 frame and the phrases that describe what is in it (detector prompts)."""
+
+    bgr: np.ndarray
+    phrases: tuple[str, ...]
+    name: str
+
+
+def _read(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError(f"calibration image {path} cannot be read (not an image OpenCV decodes)")
+    return img
+
+
+def load_frames(source: str, n: int, start: int = 0, *, size: int = 224) -> list[Frame]:
+    """Frames ``start .. start+n-1`` of ``source`` (fewer if a folder / COCO file has fewer).
+
+    Example:
+        >>> [f.name for f in load_frames("shapes:train", 2, start=3, size=64)]
+        ['shapes:train#3', 'shapes:train#4']
+    """
+    text = str(source)
+    if text.startswith("shapes:"):
+        from edgevlp.data import SPLITS, dataset
+
+        split = text.split(":")[1]
+        if split not in SPLITS:
+            raise InputError(f"calibration source {text!r}: unknown split; use shapes:{'|'.join(SPLITS)}")
+        n = max(0, min(n, len(SPLITS[split]) - start))
+        return [Frame(np.ascontiguousarray(s.image[..., ::-1]), tuple(s.phrases), f"{text}#{start + i}")
+                for i, s in enumerate(dataset(split, n, size=size, start=start))]
+    if text.startswith("coco:"):
+        from edgevlp.data import load_coco
+
+        samples = load_coco(text[len("coco:"):])[start:start + n]
+        return [Frame(_read(s.image_path), tuple(dict.fromkeys(s.phrases)) or _FOLDER_PHRASES,
+                      s.image_path.name) for s in samples]
+    folder = Path(text).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"calibration source {text!r} is neither shapes:SPLIT, coco:PATH nor a folder "
+                         "of images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [Frame(_read(p), _FOLDER_PHRASES, p.name) for p in files[start:start + n]]
+
+
+def real_photos() -> list[Frame]:
+    """Three real photos (scikit-image's astronaut, coffee, chelsea) as BGR frames."""
+    from skimage import data
+
+    return [Frame(np.ascontiguousarray(getattr(data, k)()[..., ::-1]), _FOLDER_PHRASES, k)
+            for k in ("astronaut", "coffee", "chelsea")]
+
+
+def _pixels(adapter: ModelAdapter, frames: list[Frame]) -> list[np.ndarray]:
+    from edgevlp.runtime.preprocess import preprocess
+
+    spec = adapter.preprocess_spec()
+    return [np.ascontiguousarray(preprocess(f.bgr, spec)[0]) for f in frames]
+
+
+def _decoder_feeds(adapter: CaptionerAdapter, vision: Path, decoder: Path, pixels: list[np.ndarray],
+                   max_new_tokens: int) -> Feeds:
+    """Inputs of every step of a greedy FP32 decode (empty cache first), one image at a time."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    enc_sess = ort.InferenceSession(str(vision), opts, providers=["CPUExecutionProvider"])
+    dec_sess = ort.InferenceSession(str(decoder), opts, providers=["CPUExecutionProvider"])
+    past_names = [i.name for i in dec_sess.get_inputs() if i.name.startswith("past_")]
+    layers, heads, head_dim = adapter.kv_layout()
+    settings = adapter.generation_settings()
+    start, eos = int(settings["decoder_start_token_id"]), settings.get("eos_token_id")
+    feeds: Feeds = []
+    for px in pixels:
+        enc = enc_sess.run(None, {"pixel_values": px})[0]
+        past = [np.zeros((1, heads, 0, head_dim), np.float32) for _ in past_names]
+        token = start
+        for _ in range(max_new_tokens):
+            feed = {"input_ids": np.array([[token]], np.int64), "encoder_hidden_states": enc,
+                    **dict(zip(past_names, past))}
+            feeds.append(feed)
+            logits, *present = dec_sess.run(None, feed)
+            token = int(logits[0, -1].argmax())
+            past = present
+            if eos is not None and token == int(eos):
+                break
+    return feeds
+
+
+def build_feeds(adapter: ModelAdapter, graphs: dict[str, Path], frames: list[Frame], *,
+                max_new_tokens: int = 16) -> dict[str, Feeds]:
+    """Feeds (role -> list of input dicts, batch 1) for every graph of ``adapter``, from ``frames``."""
+    pixels = _pixels(adapter, frames)
+    if isinstance(adapter, CaptionerAdapter):
+        return {"vision_encoder": [{"pixel_values": p} for p in pixels],
+                "text_decoder": _decoder_feeds(adapter, graphs["vision_encoder"], graphs["text_decoder"],
+                                               pixels, max_new_tokens)}
+    if isinstance(adapter, DetectorAdapter):
+        text = []
+        for f in frames:
+            enc = adapter.encode_prompts(list(f.phrases))
+            text.append({k: v.numpy().astype(np.int64) for k, v in enc.items()})
+        return {"image_encoder": [{"pixel_values": p} for p in pixels], "text_encoder": text}
+    raise InputError(f"no calibration feeds for adapter {type(adapter).__name__}")

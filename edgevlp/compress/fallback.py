@@ -1,0 +1,147 @@
+"""Mixed-precision fallback: keep in FP32 the fewest layer groups needed to stay within tolerance.
+
+Layer groups come from the module scopes the torch exporter writes on every node
+(``pkg.torch.onnx.name_scopes``): a leaf module with at most one MatMul/Gemm/Conv (a ``Linear`` with its
+bias ``Add``, an activation, a norm) joins its parent, so a group is e.g. one attention block (q/k/v/out projections, scores,
+softmax) or one MLP (fc1, activation, fc2). Keeping a whole block in FP32 keeps the tensors inside it
+in FP32 too, which is what an outlier-carrying activation (fc1 -> GELU -> fc2) needs. Graphs without
+scope metadata fall back to one group per MatMul/Gemm/Conv node (other ops: one top-level group).
+
+Algorithm (greedy, measured, not estimated):
+
+1. score the fully quantised graph (worst output cosine vs FP32 on held-out calibration samples);
+2. sensitivity of each group = the score with only that group kept in FP32 (one at a time);
+3. keep groups in order of decreasing score until the tolerance is met (or ``max_layers``);
+4. drop again every kept group whose removal still meets the tolerance (so the set is minimal for
+   this order), and report the kept groups with their sensitivity numbers.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+__all__ = ["COMPUTE_OPS", "TOP_LEVEL", "node_groups", "FallbackResult", "select_fallback"]
+
+TOP_LEVEL = "(graph top level)"
+
+COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
+_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def _module_path(node: onnx.NodeProto) -> tuple[str, ...] | None:
+    for prop in node.metadata_props:
+        if prop.key == _SCOPES:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            # The last entry is the function called (linear, conv2d, matmul); the rest are modules.
+            mods = tuple(s for s in scopes[:-1] if s)
+            return mods or None
+    return None
+
+
+def node_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Every node in one layer group: group name -> node names (graph order).
+
+    Nodes outside any module (the graph wrapper's own ops) form the group :data:`TOP_LEVEL`; a
+    module's own ops outside its sub-modules (a layer's residual adds and norms) form its group.
+
+    Example:
+        >>> import onnx.helper as h
+        >>> g = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g", [], [])
+        >>> node_groups(h.make_model(g))
+        {'mm': ['mm']}
+    """
+    nodes = [n for n in model.graph.node if n.name]
+    paths = {n.name: _module_path(n) for n in nodes}
+    parents = {p[:i] for p in paths.values() if p for i in range(1, len(p))}
+    compute_per_scope: dict[tuple[str, ...], int] = {}
+    for n in nodes:
+        if n.op_type in COMPUTE_OPS and paths[n.name]:
+            compute_per_scope[paths[n.name]] = compute_per_scope.get(paths[n.name], 0) + 1
+
+    def key(n: onnx.NodeProto) -> str:
+        path = paths[n.name]
+        if not path:
+            return n.name if n.op_type in COMPUTE_OPS else TOP_LEVEL
+        leaf = path not in parents and compute_per_scope.get(path, 0) <= 1
+        if leaf and len(path) > 1:
+            path = path[:-1]
+        return path[-1]
+
+    groups: dict[str, list[str]] = {}
+    for n in nodes:
+        groups.setdefault(key(n), []).append(n.name)
+    return groups
+
+
+@dataclass
+class FallbackResult:
+    """What the fallback kept in FP32 and why."""
+
+    tolerance: float
+    score_quantized: float
+    score_final: float
+    met: bool
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: int = 0
+
+    @property
+    def excluded_nodes(self) -> set[str]:
+        return {n for k in self.kept for n in k["nodes"]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": "min output cosine vs FP32 (held-out samples)", "tolerance": self.tolerance,
+                "score_all_int8": round(self.score_quantized, 6), "score_final": round(self.score_final, 6),
+                "met": self.met, "kept_fp32": [{k: v for k, v in g.items() if k != "nodes"} | {"nodes": len(g["nodes"])}
+                                               for g in self.kept],
+                "sensitivity": self.sensitivity, "evaluations": self.evaluations}
+
+
+def select_fallback(groups: dict[str, list[str]], evaluate: Callable[[set[str]], float], *,
+                    min_score: float, max_layers: int) -> FallbackResult:
+    """Greedy selection (see the module docstring); ``evaluate(excluded node names) -> score``."""
+    calls = 0
+
+    def score(excluded: set[str]) -> float:
+        nonlocal calls
+        calls += 1
+        return evaluate(excluded)
+
+    base = score(set())
+    result = FallbackResult(tolerance=min_score, score_quantized=base, score_final=base, met=base >= min_score)
+    if result.met or max_layers == 0 or not groups:
+        result.evaluations = calls
+        return result
+    solo = {g: score(set(nodes)) for g, nodes in groups.items()}
+    order = sorted(groups, key=lambda g: -solo[g])
+    result.sensitivity = [{"group": g, "score_if_fp32": round(solo[g], 6), "gain": round(solo[g] - base, 6)}
+                          for g in order]
+    kept: list[str] = []
+    current = base
+    for g in order:
+        if len(kept) >= max_layers or current >= min_score:
+            break
+        kept.append(g)
+        current = score({n for k in kept for n in groups[k]})
+    if current >= min_score:  # minimality: drop what is not needed, least useful first
+        for g in sorted(kept, key=lambda g: solo[g]):
+            trial = [k for k in kept if k != g]
+            s = score({n for k in trial for n in groups[k]})
+            if s >= min_score:
+                kept, current = trial, s
+    result.kept = [{"group": g, "nodes": groups[g], "score_if_only_this_fp32": round(solo[g], 6),
+                    "gain": round(solo[g] - base, 6),
+                    "why": f"all-INT8 cosine {base:.4f}; keeping this group in FP32 alone gives "
+                           f"{solo[g]:.4f} (tolerance {min_score})"} for g in kept]
+    result.score_final = current
+    result.met = current >= min_score
+    result.evaluations = calls
+    return result

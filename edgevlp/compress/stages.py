@@ -1,0 +1,44 @@
+"""The stage registry: one handler per config type, looked up in a table and imported lazily.
+
+A new stage type (or the implementation of a planned one) is one module with an
+``apply(state, config) -> dict`` function plus one row in :data:`HANDLERS`. A handler mutates
+``state`` (the torch model, the quantised graphs) and returns the details it wants in the report.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edgevlp._lazy import import_object
+from edgevlp.compress.recipe import DistillConfig, PruneConfig, QuantConfig
+from edgevlp.errors import NotAvailableYet
+
+if TYPE_CHECKING:
+    from edgevlp.compress.state import CompressState
+
+__all__ = ["HANDLERS", "PLANNED", "apply_stage"]
+
+#: config type -> "module:function" applying it.
+HANDLERS: dict[type, str] = {
+    QuantConfig: "edgevlp.compress.ptq:apply",
+}
+#: config types whose handler has not landed yet -> what is missing (shown in the error).
+PLANNED: dict[type, str] = {
+    PruneConfig: "structured pruning of heads/neurons",
+    DistillConfig: "knowledge distillation",
+}
+ISSUE = 8
+
+
+def apply_stage(state: "CompressState", config: Any) -> dict[str, Any]:
+    """Apply one recipe stage to ``state``; returns the handler's report details.
+
+    Raises:
+        NotAvailableYet: the config type has no handler yet (the message names the issue).
+    """
+    target = HANDLERS.get(type(config))
+    if target is None:
+        what = PLANNED.get(type(config), f"stage type {type(config).__name__}")
+        raise NotAvailableYet(f"recipe stage {type(config).__name__} is not available yet: {what} lands "
+                              f"with issue #{ISSUE}; use a recipe without it (e.g. recipes/int8-ptq.toml)")
+    return import_object(target)(state, config)

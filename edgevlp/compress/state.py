@@ -1,0 +1,51 @@
+"""What the stages of one `edgevlp compress` run share: the model, calibration data, graphs, report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgevlp.models.base import ModelAdapter
+
+__all__ = ["CompressState"]
+
+
+@dataclass
+class CompressState:
+    """Mutable state threaded through the stages.
+
+    ``adapter`` is the model being compressed (prune/distil stages change it in place); ``teacher`` the
+    original (for distillation); ``work`` a scratch folder, ``out`` the output being written.
+    ``fp32_graphs`` (role -> ONNX path) are exported on first use from the *current* model;
+    ``quantized`` (role -> file name in ``out``) are what `compression.json` lists.
+    """
+
+    adapter: ModelAdapter
+    out: Path
+    work: Path
+    teacher: ModelAdapter | None = None
+    calib_override: str | None = None
+    progress: bool = True
+    quantized: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    _fp32: dict[str, Path] | None = None
+
+    def fp32_graphs(self) -> dict[str, Path]:
+        """Export the current model's graphs to FP32 ONNX once (role -> path, in execution order)."""
+        if self._fp32 is None:
+            from edgevlp.export.graphs import graphs_for
+            from edgevlp.export.onnx_export import export_graph
+
+            folder = self.work / "fp32"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._fp32 = {}
+            for g in graphs_for(self.adapter):
+                path = folder / f"{g.role}.onnx"
+                export_graph(g, path)
+                self._fp32[g.role] = path
+        return self._fp32
+
+    def model_changed(self) -> None:
+        """Call after changing the torch model: the FP32 graphs are exported again when next needed."""
+        self._fp32 = None
