@@ -293,3 +293,30 @@ def test_quantised_input_stays_qdq(exported, tiny_model_dir, tmp_path) -> None:
         export_model(tiny_model_dir("BlipForConditionalGeneration"), tmp_path / "j", target="jetson",
                      precision="int8", progress=False)
     assert not (tmp_path / "j").exists()
+
+
+def test_quantised_openvino_ir_is_kept(exported, tiny_model_dir, tmp_path) -> None:
+    """OpenVINO INT8 IR written by `edgevlp compress` is copied, not re-converted from FP32."""
+    import shutil
+
+    import nncf
+    import openvino as ov
+
+    from edgevlp.export import export_model
+
+    src = exported("OwlViTForObjectDetection", "openvino")
+    comp = tmp_path / "compressed"
+    shutil.copytree(tiny_model_dir("OwlViTForObjectDetection"), comp / "model")
+    ir = ov.Core().read_model(str(src / "image_encoder.xml"))
+    ov.save_model(nncf.compress_weights(ir, mode=nncf.CompressWeightsMode.INT8_ASYM),
+                  str(comp / "image_encoder.int8.xml"), compress_to_fp16=False)
+    (comp / "compression.json").write_text(json.dumps({
+        "base_model": "model", "graphs": {}, "openvino_graphs": {"image_encoder": "image_encoder.int8.xml"},
+        "recipe": {"name": "ov-weight-only"}}))
+    manifest = export_model(comp, tmp_path / "bundle", target="openvino", precision="int8", progress=False)
+    graph = manifest.graphs["image_encoder"]
+    assert graph.format == "openvino" and graph.file == "image_encoder.xml"
+    assert (tmp_path / "bundle" / "image_encoder.bin").read_bytes() == (comp / "image_encoder.int8.bin").read_bytes()
+    assert manifest.export["graphs"]["image_encoder"]["exporter"] == "edgevlp compress (OpenVINO IR)"
+    assert "quantization" not in manifest.export  # no second, weight-only pass on top
+    assert manifest.verified and manifest.parity["outputs"]["logits"]["ok"]

@@ -2,7 +2,7 @@
 
 One 1080p BGR frame (skimage's astronaut scaled to 1920x1080 with cv2) becomes BLIP's (1, 3, 384, 384)
 input. Every figure is the median of ``--repeat`` calls measured in this one run; ratios compare
-rows of the same run only. Run: ``.venv/bin/python benchmarks/preprocess.py``.
+rows of the same run only. Run: ``edgevlp bench --preprocess`` or ``.venv/bin/python benchmarks/preprocess.py``.
 
 Targets from the runtime issue: extension >= 30x faster than ``BlipImageProcessor``, >= 2x faster than
 the cv2 + numpy pipeline, within 3x of copying the output-sized tensor.
@@ -40,11 +40,12 @@ def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 3) -> fl
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Print the preprocessing comparison table (``edgevlp bench --preprocess``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=200, help="timed calls per row (median reported)")
     parser.add_argument("--hf-repeat", type=int, default=20, help="timed calls for the slow HF processor")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     frame = cv2.resize(skimage.data.astronaut()[..., ::-1], (1920, 1080), interpolation=cv2.INTER_CUBIC)
     frame = np.ascontiguousarray(frame)  # BGR, as a camera gives it

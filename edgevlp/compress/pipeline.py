@@ -94,7 +94,7 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
                        "graphs": {r: f for r, f in state.quantized.items() if f.endswith(".onnx")},
                        "recipe": effective.to_dict()}
         other = {r: f for r, f in state.quantized.items() if not f.endswith(".onnx")}
-        if other:  # not read by `edgevlp export` yet: it traces and converts those roles itself
+        if other:  # OpenVINO IR: `edgevlp export --target openvino` copies it as it is
             compression["openvino_graphs"] = other
         (tmp / "compression.json").write_text(json.dumps(compression, indent=2) + "\n", encoding="utf-8")
         report = {
@@ -105,8 +105,8 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
             "stages": stages, "seconds": round(time.perf_counter() - t_start, 2),
             "model_dir_bytes": sum(p.stat().st_size for p in (tmp / "model").iterdir()),
             "notes": ([f"OpenVINO INT8 IR ({', '.join(other.values())}) is in {Path(output).name}/; "
-                       "`edgevlp export --target openvino` does not consume it yet (it would re-convert "
-                       "the FP32 model)"] if other else []),
+                       "export it with `edgevlp export DIR --target openvino --precision int8`"]
+                      if other else []),
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report

@@ -116,12 +116,21 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
                 else model_dir
             adapter = load_model(base)
     qdq = (compression or {}).get("graphs") or {}
+    # OpenVINO IR quantised by `edgevlp compress` (NNCF) is used as is for the openvino target.
+    ov_ir = ((compression or {}).get("openvino_graphs") or {}) if target == "openvino" else {}
 
     def write(root: Path) -> Manifest:
         traced = graphs_for(adapter)
         records = {}
         for g in traced:
             path = root / f"{g.role}.onnx"
+            if g.role in ov_ir:
+                with steps.stage("copy", f"{g.role} (quantised OpenVINO IR)"):
+                    src = Path(model_dir) / ov_ir[g.role]  # type: ignore[arg-type]
+                    shutil.copyfile(src, root / f"{g.role}.xml")
+                    shutil.copyfile(src.with_suffix(".bin"), root / f"{g.role}.bin")
+                records[g.role] = {"exporter": "edgevlp compress (OpenVINO IR)", "file": ov_ir[g.role]}
+                continue
             if g.role in qdq:
                 with steps.stage("copy", f"{g.role} (quantised)"):
                     shutil.copyfile(Path(model_dir) / qdq[g.role], path)  # type: ignore[arg-type]
@@ -131,11 +140,13 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
                 rec = export_graph(g, path, opset=opset)
             records[g.role] = {"exporter": rec.exporter, "opset": rec.opset, "seconds": round(rec.seconds, 2),
                                **({"fallback_reason": rec.fallback_reason} if rec.fallback_reason else {})}
-        graphs = [GraphSpec(role=g.role, file=f"{g.role}.onnx", inputs=g.inputs, outputs=g.outputs)
+        graphs = [GraphSpec(role=g.role, file=f"{g.role}.xml", inputs=g.inputs, outputs=g.outputs,
+                            format="openvino", extra_files=(f"{g.role}.bin",)) if g.role in ov_ir else
+                  GraphSpec(role=g.role, file=f"{g.role}.onnx", inputs=g.inputs, outputs=g.outputs)
                   for g in traced]
         spec = adapter.preprocess_spec()
         ctx = ExportContext(root=root, graphs=graphs, profile=prof, precision=precision, target=target,
-                            progress=steps, prequantized=bool(qdq),
+                            progress=steps, prequantized=bool(qdq or ov_ir),
                             sample_feeds=_sample_feeds(traced, parity_pixels(spec, parity_photos())))
         with steps.stage("convert", f"{target} {precision}"):
             import_object(WRITERS[target])(ctx)
@@ -164,7 +175,7 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
             with steps.stage("parity", "(source model vs exported graphs on 2 photos)"):
                 manifest.parity = check_parity(
                     adapter, manifest, atol=atol, rtol=rtol, new_tokens=20,
-                    require_identical_tokens=precision == "fp32" and not qdq)
+                    require_identical_tokens=precision == "fp32" and not (qdq or ov_ir))
             manifest.verified = True
         manifest.export["stage_seconds"] = {k: round(v, 2) for k, v in steps.seconds.items()}
         return manifest

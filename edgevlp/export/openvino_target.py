@@ -18,6 +18,8 @@ def write(ctx: ExportContext) -> None:
         raise BackendUnavailableError("--target openvino needs the openvino package "
                                       "(pip install 'edgevlp[openvino]')") from None
     for graph in list(ctx.graphs):
+        if graph.format == "openvino":  # already IR (quantised by `edgevlp compress`)
+            continue
         onnx_path = ctx.root / graph.file
         model = ov.convert_model(str(onnx_path))
         if ctx.precision == "int8" and not ctx.prequantized:

@@ -1,0 +1,91 @@
+"""Bench outputs: a markdown table, ``bench.json`` and a Pareto plot (metric vs latency)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+from edgevlp.bench.runner import BenchRow
+
+__all__ = ["markdown_table", "write_report", "pareto_front"]
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown_table(rows: list[BenchRow]) -> str:
+    """One row per configuration; latency p50/p90 in ms per stage and in total."""
+    head = ("| model | engine | precision | metric | p50 ms | p90 ms | preprocess | encode | decode | post "
+            "| FPS | speed-up | peak RSS MiB | cold start s | size MB | note |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    refs = {r.task: r.p50 for r in rows if r.engine == "pytorch"}
+    for r in rows:
+        stage = {k: _fmt(r.latency_ms.get(k, {}).get("p50")) for k in ("preprocess", "encode", "decode",
+                                                                        "postprocess")}
+        speed = refs.get(r.task, float("nan")) / r.p50 if r.p50 else float("nan")
+        metric = f"{r.metric_name} {_fmt(r.metric, '.3f')}"
+        lines.append(f"| {r.name} | {r.engine} | {r.precision} | {metric} | {_fmt(r.p50)} | "
+                     f"{_fmt(r.latency_ms.get('total', {}).get('p90'))} | {stage['preprocess']} | "
+                     f"{stage['encode']} | {stage['decode']} | {stage['postprocess']} | "
+                     f"{r.throughput_fps:.1f} | {speed:.2f}x | {_fmt(r.peak_rss_mib, '.0f')} | "
+                     f"{_fmt(r.cold_start_s)} | {_fmt(r.size_mb)} | {r.note} |")
+    return "\n".join(lines)
+
+
+def pareto_front(rows: list[BenchRow]) -> list[BenchRow]:
+    """Rows no other row of the same task beats on both metric (higher) and p50 latency (lower)."""
+    front = []
+    for r in rows:
+        if r.metric is None:
+            continue
+        dominated = any(o is not r and o.task == r.task and o.metric is not None and o.metric >= r.metric
+                        and o.p50 <= r.p50 and (o.metric > r.metric or o.p50 < r.p50) for o in rows)
+        if not dominated:
+            front.append(r)
+    return front
+
+
+def _plot(rows: list[BenchRow], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r.task for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    front = pareto_front(rows)
+    for ax, task in zip(axes[0], tasks):
+        mine = [r for r in rows if r.task == task and r.metric is not None]
+        for r in mine:
+            ax.scatter(r.p50, r.metric, s=60, marker="*" if r in front else "o")
+            ax.annotate(f"{r.engine} {r.precision}", (r.p50, r.metric), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)
+        pts = sorted((r.p50, r.metric) for r in mine if r in front)
+        if len(pts) > 1:
+            ax.plot(*zip(*pts), "--", color="gray", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency p50 per frame (ms, log)")
+        ax.set_ylabel(mine[0].metric_name if mine else "metric")
+        ax.set_title(f"{task}: metric vs latency (stars: Pareto front)")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(rows: list[BenchRow], notes: list[str], out: Path, *, data: str, n: int) -> None:
+    """Write ``bench.md``, ``bench.json`` and ``pareto.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    table = markdown_table(rows)
+    text = (f"# edgevlp bench\n\nmachine: {machine}; data: {data}, {n} images for the metric; latency per "
+            f"frame (ms) measured in this run.\n\n{table}\n\n" + "\n".join(f"- {n_}" for n_ in notes) + "\n")
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps({"machine": machine, "data": data, "n_images": n,
+                                                "rows": [asdict(r) for r in rows], "notes": notes},
+                                               indent=2))
+    _plot(rows, out / "pareto.png")

@@ -1,0 +1,58 @@
+"""edgevlp bench on tiny bundles: the markdown table, bench.json and the Pareto plot, content checked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgevlp.bench import run_bench
+from edgevlp.bench.report import markdown_table, pareto_front
+from edgevlp.bench.runner import BenchRow
+from edgevlp.errors import InputError
+
+
+def test_bench_writes_table_json_and_plot(exported, tmp_path) -> None:
+    bundles = [str(exported("BlipForConditionalGeneration")), str(exported("OwlViTForObjectDetection"))]
+    rows = run_bench(bundles, data="shapes:val", n=4, frames=3, max_new_tokens=5, output=tmp_path,
+                     progress=False)
+    engines = [(r.task, r.engine) for r in rows]
+    assert engines == [("caption", "onnxruntime"), ("caption", "pytorch"), ("detect", "onnxruntime"),
+                       ("detect", "pytorch")]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert len(report["rows"]) == 4 and report["data"] == "shapes:val"
+    for row in report["rows"]:
+        total = row["latency_ms"]["total"]
+        assert 0 < total["p50"] <= total["p90"]
+        assert row["throughput_fps"] > 0 and row["metric_name"] in ("cider", "map50")
+        assert row["metric"] is not None and row["metric"] >= 0
+    ours = [r for r in report["rows"] if r["engine"] == "onnxruntime"]
+    assert all(r["cold_start_s"] > 0 and r["peak_rss_mib"] > 10 and r["size_mb"] > 0 for r in ours)
+    assert set(ours[0]["latency_ms"]) >= {"preprocess", "encode", "decode", "postprocess", "total"}
+    table = (tmp_path / "bench.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert len(lines) == 2 + 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "optimum" in table  # says why optimum's ORTModel is not in the table for BLIP / OWL-ViT
+    png = (tmp_path / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[1] > image.shape[0] > 200 and image.std() > 5  # two panels, not blank
+
+
+def test_pareto_front() -> None:
+    def row(metric: float, p50: float) -> BenchRow:
+        return BenchRow("m", "caption", "e", "fp32", "cider", metric, {"total": {"p50": p50, "p90": p50}})
+
+    a, b, c, d = row(1.0, 10), row(0.9, 5), row(0.8, 8), row(1.0, 20)
+    assert pareto_front([a, b, c, d]) == [a, b]  # c is beaten by b, d by a
+    assert "| m | e | fp32 | cider 1.000 |" in markdown_table([a])
+
+
+def test_bench_needs_targets() -> None:
+    with pytest.raises(InputError):
+        run_bench([])
+    with pytest.raises(InputError, match="backend"):
+        run_bench(["demo-blip"], backends=("tensorflow",))
