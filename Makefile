@@ -28,9 +28,11 @@ demo: install
 	$(BIN)/python apps/demo.py
 
 bench: install
-	$(BIN)/python benchmarks/preprocess.py
+	$(BIN)/edgevlp bench --preprocess
+	$(BIN)/python benchmarks/runtime.py
+	$(BIN)/edgevlp bench demo-blip demo-owlvit --data shapes:val --output out/bench
 
 clean:
-	rm -rf build dist .pytest_cache .hypothesis demo-out
+	rm -rf build dist .pytest_cache .hypothesis demo-out out
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -rf $(VENV)
