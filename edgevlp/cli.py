@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgevlp import __version__
-from edgevlp.errors import EdgeVLPError, NotAvailableYet
+from edgevlp.errors import EdgeVLPError
 
 __all__ = ["main", "build_parser"]
 
@@ -33,13 +33,6 @@ class Verb:
     examples: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
-
-
-def _not_available(verb: str, issue: int, what: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        raise NotAvailableYet(f"`edgevlp {verb}` is not available yet: {what} lands with issue #{issue}")
-
-    return run
 
 
 # ----------------------------------------------------------------------------------------- info
@@ -162,8 +155,35 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model dir, demo-zoo name or hub id")
     p.add_argument("--recipe", required=True, help="TOML recipe (see recipes/)")
     p.add_argument("-o", "--output", required=True, help="output directory")
-    p.add_argument("--calib", help="calibration source: shapes:train, a folder of images, coco:PATH")
+    p.add_argument("--calib", help="calibration source replacing the recipe's: shapes:train, a folder of "
+                                   "images, coco:PATH")
     p.add_argument("--teacher", help="teacher model for distillation (default: the input model)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgevlp.compress import load_recipe
+    from edgevlp.errors import BundleError
+
+    load_recipe(args.recipe)  # torch-free: a bad recipe fails before the model loads
+    out = Path(args.output)
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise BundleError(f"output directory {out} is not empty; pass --force to replace it")
+    from edgevlp.models import inspect_model
+
+    inspect_model(args.model)
+    from edgevlp.compress.pipeline import compress_model, format_report
+
+    report = compress_model(args.model, args.recipe, out, calib=args.calib, teacher=args.teacher,
+                            force=args.force)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if not args.json:
+        print(f"wrote {out} (report.json, compression.json); next: edgevlp export {out} -o BUNDLE "
+              "--target cpu --precision int8")
+    return 0
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -179,21 +199,54 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundles", nargs="+", help="one captioner and/or one detector bundle")
-    p.add_argument("--source", required=True, help="camera index, file, rtsp://..., csi://N, GStreamer")
-    p.add_argument("--prompts", help='comma-separated detection prompts, e.g. "red circle, person"')
-    p.add_argument("--headless", action="store_true", help="no window; write --output files")
-    p.add_argument("--output", help="directory for annotated.mp4, log.jsonl and summary.json")
-    p.add_argument("--max-frames", type=int)
+    from edgevlp.app.config import add_run_arguments  # argparse only: no OpenCV, no engine
+
+    add_run_arguments(p)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from edgevlp.app.main import run_command
+
+    return run_command(args)
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("targets", nargs="*", help="models or bundles to measure")
-    p.add_argument("--data", default="shapes:val", help="evaluation data")
-    p.add_argument("--backends", help="comma-separated backends")
-    p.add_argument("--precisions", help="comma-separated precisions")
-    p.add_argument("--output", help="directory for the table, bench.json and plot")
-    p.add_argument("--preprocess", action="store_true", help="compare preprocessing implementations")
+    p.add_argument("targets", nargs="*", help="models (exported here per backend x precision) or bundles "
+                                             "(measured as they are)")
+    p.add_argument("--data", default="shapes:val", help="evaluation data (shapes:val, shapes:heldout, coco:PATH)")
+    p.add_argument("--n", type=int, default=50, help="images for the metric (default 50)")
+    p.add_argument("--frames", type=int, default=20, help="frames for the latency figures (default 20)")
+    p.add_argument("--backends", default="onnxruntime,openvino", help="comma-separated: onnxruntime,openvino")
+    p.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32,fp16,int8")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="caption token budget (all rows)")
+    p.add_argument("--no-references", action="store_true", help="skip the transformers eager row")
+    p.add_argument("--output", help="directory for bench.md, bench.json and pareto.png")
+    p.add_argument("--preprocess", action="store_true", help="print the preprocessing comparison "
+                                                             "(C++ extension vs HF vs cv2+numpy vs memcpy)")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from edgevlp.errors import InputError
+
+    if not args.targets and not args.preprocess:
+        raise InputError("give models or bundles to benchmark (e.g. demo-blip), or --preprocess")
+    if args.preprocess:
+        from edgevlp.bench.preprocess import main as preprocess_bench
+
+        preprocess_bench([])
+    if args.targets:
+        from edgevlp.bench import run_bench
+        from edgevlp.bench.report import markdown_table
+
+        rows = run_bench(args.targets, data=args.data, n=args.n, frames=args.frames,
+                         backends=tuple(b for b in args.backends.split(",") if b),
+                         precisions=tuple(p for p in args.precisions.split(",") if p),
+                         max_new_tokens=args.max_new_tokens, output=args.output,
+                         references=not args.no_references)
+        print(markdown_table(rows))
+        if args.output:
+            print(f"\nwrote {args.output}/bench.md, bench.json and pareto.png")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------- eval
@@ -239,6 +292,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _format_eval(r: dict[str, Any]) -> str:
     if r["task"] == "caption":
         rows = [("BLEU-4", r["bleu4"]), ("CIDEr", r["cider"]), ("BLEU-1", r["bleu1"])]
+        recalls = {"colour_recall": "colour recall", "shape_recall": "shape recall",
+                   "pair_recall": "colour+shape recall"}
+        rows += [(label, r[key]) for key, label in recalls.items() if key in r]
     else:
         rows = [("mAP@[.5:.95]", r["map"]), ("mAP@.5", r["map50"]), ("mAP@.75", r["map75"])]
         if "heldout_pairs" in r:
@@ -320,7 +376,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("compress", "prune, distil and quantise a model from a TOML recipe",
          "  edgevlp compress demo-blip --recipe recipes/prune30-kd-int8.toml -o out/blip-int8\n"
          "  edgevlp compress ./my-owlvit --recipe recipes/int8-ptq.toml --calib ./frames -o out/owl",
-         _compress_args, _not_available("compress", 8, "compression")),
+         _compress_args, _run_compress),
     Verb("export", "export a model to a self-describing bundle (ONNX, OpenVINO IR, TensorRT-ready)",
          "  edgevlp export demo-blip -o bundles/blip-cpu --target cpu\n"
          "  edgevlp export out/blip-int8 -o bundles/blip-orin --target jetson "
@@ -329,11 +385,12 @@ VERBS: tuple[Verb, ...] = (
     Verb("run", "run the camera app on bundles (captioning and/or detection)",
          "  edgevlp run bundles/blip-cpu bundles/owl-cpu --source 0 --prompts \"person, cup\"\n"
          "  edgevlp run bundles/owl-cpu --source clip.mp4 --headless --output out/run",
-         _run_args, _not_available("run", 9, "the camera app")),
+         _run_args, _run_run),
     Verb("bench", "measure accuracy x latency per backend and precision",
-         "  edgevlp bench bundles/blip-cpu bundles/blip-int8 --data shapes:val --output out/bench\n"
+         "  edgevlp bench demo-blip demo-owlvit --data shapes:val --output out/bench\n"
+         "  edgevlp bench bundles/blip-cpu bundles/owl-orin --backends onnxruntime --n 100\n"
          "  edgevlp bench --preprocess",
-         _bench_args, _not_available("bench", 9, "benchmarking")),
+         _bench_args, _run_bench),
     Verb("eval", "score a model or bundle (BLEU-4/CIDEr, COCO mAP)",
          "  edgevlp eval demo-blip --data shapes:val\n"
          "  edgevlp eval bundles/owl-cpu --data shapes:heldout --json out/owl.json",

@@ -82,9 +82,9 @@ def test_debug_shows_traceback(tmp_path) -> None:
     assert res.returncode == 1 and "Traceback" in res.stderr
 
 
-def test_planned_verbs_exit_3() -> None:
-    res = _edgevlp("eval", "demo-blip")
-    assert res.returncode == 3 and "not available yet" in res.stderr and "Traceback" not in res.stderr
+def test_compress_needs_a_recipe() -> None:
+    res = _edgevlp("compress", "demo-blip", "-o", "out")
+    assert res.returncode == 2 and "--recipe" in res.stderr and "Traceback" not in res.stderr
 
 
 @pytest.mark.parametrize("arch", ["BlipForConditionalGeneration", "OwlViTForObjectDetection",

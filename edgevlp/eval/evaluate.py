@@ -30,7 +30,7 @@ from edgevlp.errors import InputError
 from edgevlp.eval.metrics import DetectionRecord, caption_scores, detection_scores
 
 __all__ = ["evaluate", "Sample", "load_samples", "split_phrases", "topk_detections", "DEFAULT_N",
-           "detect_scenes_torch"]
+           "detect_scenes_torch", "caption_samples_torch", "mention_recall"]
 
 #: Images scored when neither the data spec nor ``n`` says how many.
 DEFAULT_N = 500
@@ -211,9 +211,36 @@ def detect_samples_bundle(detector: Any, samples: Sequence[Sample], phrases: lis
     return records
 
 
+def mention_recall(samples: Sequence[Sample], texts: Sequence[str]) -> dict[str, float]:
+    """Share of objects whose colour, shape, and colour-shape pair the caption names (read back with
+    :func:`edgevlp.data.parse_caption`); empty when the data have no phrase labels.
+
+    A diagnostic beside BLEU/CIDEr, which reward the template words as much as the content.
+    """
+    from edgevlp.data import parse_caption
+
+    total = colour = shape = pair = 0
+    for s, text in zip(samples, texts):
+        mentions = parse_caption(text).mentions
+        said_pairs = {(m.colour, m.shape) for m in mentions}
+        for phrase in s.phrases:
+            words = phrase.split()
+            if len(words) != 2:
+                continue
+            c, sh = words
+            total += 1
+            colour += any(m.colour == c for m in mentions)
+            shape += any(m.shape == sh for m in mentions)
+            pair += (c, sh) in said_pairs
+    if not total:
+        return {}
+    return {"colour_recall": colour / total, "shape_recall": shape / total, "pair_recall": pair / total}
+
+
 # ------------------------------------------------------------------------------------- evaluate
 def evaluate(model_or_bundle: str | os.PathLike[str], data: str = "shapes:val", n: int | None = None, *,
-             batch_size: int = 32, max_new_tokens: int = 40, progress: bool = True) -> dict[str, Any]:
+             batch_size: int = 32, max_new_tokens: int = 40, progress: bool = True,
+             backend: str | None = None) -> dict[str, Any]:
     """Metrics of a model (dir, zoo name, hub id) or bundle on ``data``.
 
     Returns a JSON-ready dict: ``task``, ``model``, ``data``, ``n_images``, ``seconds`` and
@@ -231,7 +258,7 @@ def evaluate(model_or_bundle: str | os.PathLike[str], data: str = "shapes:val", 
     if is_bundle(target):
         from edgevlp.runtime import load
 
-        predictor = load(target)
+        predictor = load(target, backend=backend)
         task = predictor.manifest.task
         size = int(predictor.spec.input_shape[2])
         kind = "bundle"
@@ -257,6 +284,7 @@ def evaluate(model_or_bundle: str | os.PathLike[str], data: str = "shapes:val", 
             texts = caption_samples_torch(predictor, samples, batch_size=batch_size,
                                           max_new_tokens=max_new_tokens, progress=progress)
         result.update(caption_scores(refs, dict(enumerate(texts))))
+        result.update(mention_recall(samples, texts))
         result["examples"] = [{"prediction": t, "reference": s.captions[0]} for t, s in zip(texts[:5], samples)]
     else:
         if kind == "bundle":

@@ -185,6 +185,9 @@ def run(recipe: Recipe, s: TrainSettings, out: Path, *, resume: bool = False,
         start, wall_before = _load_checkpoint(state_dir, model, opt, names, s)
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "log.jsonl"
+    if resume and log_path.is_file():  # drop records of steps after the checkpoint (they are redone)
+        kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start]
+        log_path.write_text("".join(ln + "\n" for ln in kept))
     result = RunResult(adapter, s, start, wall_before)
     t0 = time.time()
     ema, seen, t_rate = None, 0, time.time()
@@ -219,10 +222,9 @@ def run(recipe: Recipe, s: TrainSettings, out: Path, *, resume: bool = False,
             bar.write(f"step {done}: loss {ema:.4f}, " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
             if on_eval:
                 on_eval(done, metrics)
-        if done % 10 == 0 or "eval" in record:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            result.log.append(record)
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        result.log.append(record)
         if done % s.checkpoint_every == 0 or done == s.steps:
             _save_checkpoint(state_dir, model, opt, names, done, s, wall_before + time.time() - t0)
         result.steps_done = done

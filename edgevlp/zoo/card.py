@@ -14,7 +14,8 @@ from typing import Any
 
 __all__ = ["environment", "write_card", "record_eval", "read_card_data"]
 
-_KEYS = {"caption": ("bleu4", "cider", "bleu1"), "detect": ("map50", "map", "map75")}
+_KEYS = {"caption": ("bleu4", "cider", "bleu1", "colour_recall", "shape_recall", "pair_recall"),
+         "detect": ("map50", "map", "map75")}
 
 _TEXT = {
     "demo-blip": dict(
@@ -23,8 +24,8 @@ _TEXT = {
         limits="It describes coloured geometric shapes (7 shapes x 8 colours x 3 sizes, 1-4 per image) "
                "in the templated sentences it was trained on, with counts and simple spatial relations. "
                "It knows nothing else: on a real photo it will still name coloured shapes. Its "
-               "vocabulary is the 46 words of the shape captions. Relations and sizes are its weakest "
-               "part; colours and shapes its strongest.",
+               "vocabulary is the 46 words of the shape captions. Colours and the sentence templates are its "
+               "strong part; shapes are often wrong (see the recalls) and spatial relations are unreliable.",
     ),
     "demo-owlvit": dict(
         what="a small OWL-ViT open-vocabulary detector (`OwlViTForObjectDetection`: ViT image encoder, "
@@ -74,7 +75,8 @@ def record_eval(model_dir: str | os.PathLike[str], result: dict[str, Any]) -> No
     """Store an :func:`edgevlp.eval.evaluate` result under ``metrics[data]`` and re-render the card."""
     data = read_card_data(model_dir)
     keep = {k: v for k, v in result.items() if k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "map",
-                                                     "map50", "map75", "heldout_pairs", "n_images", "seconds")}
+                                                     "map50", "map75", "heldout_pairs", "n_images", "seconds",
+                                                     "colour_recall", "shape_recall", "pair_recall")}
     data.setdefault("metrics", {})[result["data"]] = keep
     write_card(model_dir, data)
 
@@ -120,7 +122,9 @@ def write_card(model_dir: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     if task == "caption":
         lines.append("BLEU-4 and CIDEr-D from pycocoevalcap's scorers on simple lower-case whitespace "
                      "tokenisation (its Java PTB tokenizer is not used), greedy decoding, 3-5 "
-                     "references per image.")
+                     "references per image. The recalls are the share of objects whose colour, shape "
+                     "and colour-shape pair the caption names (read back with "
+                     "`edgevlp.data.parse_caption`): BLEU and CIDEr also reward the template words.")
     else:
         lines.append("COCO box mAP@[.5:.95] (map) and mAP@.5 (map50) from pycocotools; every phrase of "
                      "the split is queried on every image (50 on val, 56 on heldout), so false "
@@ -140,7 +144,7 @@ def write_card(model_dir: str | os.PathLike[str], data: dict[str, Any]) -> Path:
               f"{env.get('torch_threads')} torch threads (shared with other jobs: throughput varied)",
               f"- torch {env.get('torch')}, transformers {env.get('transformers')}, numpy {env.get('numpy')}, "
               f"python {env.get('python')}, edgevlp {env.get('edgevlp')}",
-              "- the command writes the model here plus `.train/` (fp32 checkpoint, optimizer state, "
+              "- the command writes the model to `--out` plus `--out/.train/` (fp32 checkpoint, optimizer state, "
               "log); `--resume` continues an interrupted run exactly (data are a function of seed and step)",
               ""]
     notes = data.get("notes")

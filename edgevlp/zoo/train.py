@@ -58,10 +58,21 @@ def save_shipped(adapter: Any, out: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def _last_logged_eval(out_dir: Path) -> dict[str, float]:
+    """The last quick evaluation in the run's log (a resumed, already finished run evaluates nothing)."""
+    log = out_dir / ".train" / "log.jsonl"
+    last: dict[str, float] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            last = record.get("eval", last)
+    return last
+
+
 def train(name: str, *, steps: int | None = None, out: str | os.PathLike[str] | None = None, seed: int = 0,
           resume: bool = False, batch_size: int | None = None, lr: float | None = None, tiny: bool = False,
           eval_every: int | None = None, eval_n: int | None = None, checkpoint_every: int | None = None,
-          progress: bool = True, command: str | None = None) -> Path:
+          warmup: int | None = None, progress: bool = True, command: str | None = None) -> Path:
     """Train demo model ``name`` and save it (fp16 weights, tokenizer, processor, card) in ``out``.
 
     ``tiny`` builds a toy-sized config (for tests). Returns ``out``. Checkpoints go to ``out/.train``
@@ -73,7 +84,7 @@ def train(name: str, *, steps: int | None = None, out: str | os.PathLike[str] | 
     recipe = recipe_for(name)
     d = dict(recipe.defaults)
     overrides = dict(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, eval_n=eval_n,
-                     checkpoint_every=checkpoint_every)
+                     checkpoint_every=checkpoint_every, warmup=warmup)
     d.update({k: v for k, v in overrides.items() if v is not None})
     settings = TrainSettings(name=name, seed=seed, tiny=tiny, **d)
     out_dir = Path(out) if out is not None else Path("out") / name
@@ -83,7 +94,7 @@ def train(name: str, *, steps: int | None = None, out: str | os.PathLike[str] | 
         command = f"edgevlp zoo train {name} --steps {settings.steps} --seed {seed} --out {shlex.quote(str(out_dir))}"
         if settings.batch_size != recipe.defaults.get("batch_size"):
             command += f" --batch-size {settings.batch_size}"
-    last = result.last_eval
+    last = result.last_eval or _last_logged_eval(out_dir)
     data = {
         "name": name, "task": result.adapter.task, "family": recipe.family,
         "parameters": sum(p.numel() for p in result.adapter.model.parameters()),
