@@ -55,7 +55,7 @@ def _percentiles(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]
 
 
 def _frames(data: str, n: int, size: int) -> list[np.ndarray]:
-    from edgevlp.eval import load_samples
+    from edgevlp.eval.evaluate import load_samples
 
     samples, _ = load_samples(data, n, size)
     return [np.ascontiguousarray(s.image[..., ::-1]) for s in samples]
@@ -106,7 +106,7 @@ def _time_runtime(model: Any, frames: list[np.ndarray], tokens: int, phrases: li
 
 def _bundle_row(bundle: Path, backend: str, data: str, n: int, tokens: int, frames: list[np.ndarray],
                 name: str, progress: bool) -> BenchRow:
-    from edgevlp.eval import evaluate
+    from edgevlp.eval.evaluate import evaluate
     from edgevlp.runtime import load
 
     manifest = read_manifest(bundle)
@@ -130,7 +130,7 @@ def _torch_row(model_dir: str, data: str, n: int, tokens: int, frames: list[np.n
     """transformers PyTorch eager FP32: HF image processor + generate / forward."""
     import torch
 
-    from edgevlp.eval import evaluate
+    from edgevlp.eval.evaluate import evaluate
     from edgevlp.models import load_model
 
     adapter = load_model(model_dir)

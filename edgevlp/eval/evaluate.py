@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from edgevlp.data import dataset, load_coco, parse_data_spec
+from edgevlp.data.shapes import MIN_SCENE_SIZE
 from edgevlp.data.vocab import CATEGORIES, HELDOUT_PAIRS
 from edgevlp.errors import InputError
 from edgevlp.eval.metrics import DetectionRecord, caption_scores, detection_scores
@@ -74,7 +75,9 @@ def load_samples(data: str, n: int | None, size: int) -> tuple[list[Sample], tup
         phrases = tuple(sorted({p for s in samples for p in s.phrases}))
         return samples, phrases
     count = n or spec.n or DEFAULT_N
-    scenes = dataset(spec.split, count, size=size, start=spec.start)
+    # Scenes are drawn at the model's input size, but never below the generator's minimum (tiny test
+    # models take 32 px: their preprocessing resizes the 64 px scenes).
+    scenes = dataset(spec.split, count, size=max(size, MIN_SCENE_SIZE), start=spec.start)
     samples = [Sample(s.image, s.captions, np.asarray([o.box_xyxy for o in s.objects], np.float32).reshape(-1, 4),
                       s.phrases) for s in scenes]
     return samples, split_phrases(spec.split)
