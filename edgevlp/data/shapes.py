@@ -36,6 +36,8 @@ __all__ = ["ShapeObject", "Scene", "DataSpec", "generate_scene", "dataset", "par
 
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2, "heldout": 3}
 _MIN_SIZE, _MAX_SIZE = 64, 2048
+#: Smallest scene side the generator draws (pixels).
+MIN_SCENE_SIZE = _MIN_SIZE
 _OBJECT_COUNT_P = (0.25, 0.30, 0.25, 0.20)  # 1, 2, 3, 4 objects
 _PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES)
 _ORDINARY_PAIRS = tuple(p for p in _PAIRS if p not in HELDOUT_PAIRS)
