@@ -14,6 +14,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import pytest
+from _same_error import assert_same_error
 import skimage.data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -365,14 +366,7 @@ BAD: dict[str, tuple[type[Exception], str, Callable[[], tuple[tuple, dict]]]] = 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_same_error(case: str) -> None:
     exc_type, text, make = BAD[case]
-    messages = []
-    for impl in (EXT, REF):
-        args, kwargs = make()
-        with pytest.raises(exc_type) as info:
-            impl(*args, **kwargs)
-        assert text in str(info.value)
-        messages.append((type(info.value) is TypeError, str(info.value)))
-    assert messages[0] == messages[1]
+    assert_same_error((EXT, REF), exc_type, text, make)
 
 
 BAD_BATCH: dict[str, tuple[type[Exception], str, Callable[[], tuple[tuple, dict]]]] = {
@@ -390,14 +384,7 @@ BAD_BATCH: dict[str, tuple[type[Exception], str, Callable[[], tuple[tuple, dict]
 @pytest.mark.parametrize("case", list(BAD_BATCH))
 def test_bad_batch_same_error(case: str) -> None:
     exc_type, text, make = BAD_BATCH[case]
-    messages = []
-    for impl in (_preprocess.preprocess_batch, pp.preprocess_batch_reference):
-        args, kwargs = make()
-        with pytest.raises(exc_type) as info:
-            impl(*args, **kwargs)
-        assert text in str(info.value)
-        messages.append((type(info.value) is TypeError, str(info.value)))
-    assert messages[0] == messages[1]
+    assert_same_error((_preprocess.preprocess_batch, pp.preprocess_batch_reference), exc_type, text, make)
 
 
 def test_bad_out_left_untouched() -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from edgevlp.data.vocab import SPLITS
 from edgevlp.errors import InputError
 
 __all__ = ["Recipe", "TrainSettings", "run", "to_pixels", "STATE_DIR"]
@@ -232,3 +233,9 @@ def run(recipe: Recipe, s: TrainSettings, out: Path, *, resume: bool = False,
     model.eval()
     result.wall_time_s = wall_before + time.time() - t0
     return result
+
+
+def train_index(step: int, batch_size: int, seed: int, offset: int = 0) -> int:
+    """First train-split scene of ``step``: seeds (and each model's ``offset``) start at different
+    places, then walk forward, so training data are a function of seed and step (exact resume)."""
+    return (seed * 499_979 + offset + step * batch_size) % (len(SPLITS["train"]) - batch_size)

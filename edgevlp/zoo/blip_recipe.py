@@ -14,10 +14,9 @@ import torch
 from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor
 
 from edgevlp.data import CAPTION_VOCAB, dataset
-from edgevlp.data.vocab import SPLITS
 from edgevlp.models._tokenizers import wordpiece_tokenizer
 from edgevlp.models.blip import BlipAdapter
-from edgevlp.zoo._loop import Recipe, to_pixels
+from edgevlp.zoo._loop import Recipe, to_pixels, train_index
 
 __all__ = ["BlipRecipe", "CLIP_MEAN", "CLIP_STD"]
 
@@ -30,11 +29,6 @@ _SIZES = {
     True: dict(image=64, patch=16, vision=(32, 1), text=(32, 1), heads=2, mlp=2),
 }
 MAX_TOKENS = 48
-
-
-def _train_index(step: int, batch_size: int, seed: int) -> int:
-    """First train-split scene of ``step``: seeds start at different places, then walk forward."""
-    return (seed * 499_979 + step * batch_size) % (len(SPLITS["train"]) - batch_size)
 
 
 class BlipRecipe(Recipe):
@@ -72,7 +66,7 @@ class BlipRecipe(Recipe):
                            source=f"{self.name} (edgevlp zoo train, seed {seed})")
 
     def batch(self, step: int, batch_size: int, seed: int) -> dict[str, Any]:
-        scenes = list(dataset("train", batch_size, size=self.image_size, start=_train_index(step, batch_size, seed)))
+        scenes = list(dataset("train", batch_size, size=self.image_size, start=train_index(step, batch_size, seed)))
         rng = np.random.default_rng([seed, step, 1])
         captions = [s.captions[int(rng.integers(len(s.captions)))] for s in scenes]
         return {"pixel_values": to_pixels([s.image for s in scenes], CLIP_MEAN, CLIP_STD), "captions": captions}

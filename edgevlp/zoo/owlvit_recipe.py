@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor
 
 from edgevlp.data import COLOURS, SHAPES, SIZES, dataset
-from edgevlp.data.vocab import CATEGORIES, HELDOUT_PAIRS, SPLITS
+from edgevlp.data.vocab import CATEGORIES, HELDOUT_PAIRS
 from edgevlp.models._tokenizers import clip_like_tokenizer
 from edgevlp.models.owlvit import OwlViTAdapter
-from edgevlp.zoo._loop import Recipe, to_pixels
+from edgevlp.zoo._loop import Recipe, to_pixels, train_index
 from edgevlp.zoo.blip_recipe import CLIP_MEAN, CLIP_STD
 
 __all__ = ["OwlViTRecipe", "TRAIN_PHRASES", "box_cxcywh_to_xyxy", "generalized_iou", "forward_detector"]
@@ -87,10 +87,6 @@ def forward_detector(adapter: OwlViTAdapter, pixel_values: torch.Tensor, query_i
     return logits, boxes
 
 
-def _train_index(step: int, batch_size: int, seed: int) -> int:
-    return (seed * 499_979 + 333_331 + step * batch_size) % (len(SPLITS["train"]) - batch_size)
-
-
 class OwlViTRecipe(Recipe):
     name = "demo-owlvit"
     family = "owlvit"
@@ -145,7 +141,7 @@ class OwlViTRecipe(Recipe):
 
     def batch(self, step: int, batch_size: int, seed: int) -> dict[str, Any]:
         scenes = list(dataset("train", batch_size, size=self.image_size,
-                              start=_train_index(step, batch_size, seed)))
+                              start=train_index(step, batch_size, seed, offset=333_331)))
         size = float(self.image_size)
         index = {q: i for i, q in enumerate(QUERIES)}
         targets = []
