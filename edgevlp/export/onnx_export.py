@@ -12,6 +12,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from edgevlp.bundle import GraphSpec
 from edgevlp.errors import ExportError
 from edgevlp.export.graphs import GraphExport
 from edgevlp.export.patches import attention_implementation, export_mode, quiet_exporters
@@ -64,8 +65,9 @@ def _torchscript(g: GraphExport, path: Path, opset: int) -> None:
                           dynamic_axes=axes, do_constant_folding=True)
 
 
-def set_dim_names(model: onnx.ModelProto, g: GraphExport) -> None:
-    """Make the graph's I/O shapes say exactly what the declared TensorSpecs say."""
+def set_dim_names(model: onnx.ModelProto, g: GraphExport | GraphSpec) -> None:
+    """Make the graph's I/O shapes say exactly what the declared TensorSpecs say (a name for a dynamic
+    axis, a size for a fixed one; setting one clears the other, they are a protobuf oneof)."""
     specs = {t.name: t for t in (*g.inputs, *g.outputs)}
     for value in (*model.graph.input, *model.graph.output):
         spec = specs.get(value.name)

@@ -75,10 +75,10 @@ def _captioner_parity(adapter: CaptionerAdapter, model: Captioner, pixels: np.nd
     with torch.no_grad():
         ref_enc = adapter.encode_image(px).numpy()
         ref_logits = adapter.forward(px)["logits"].numpy()
-    diffs.add("encoder_hidden_states", model.encode(pixels), ref_enc)
+    enc = model.encode(pixels)
+    diffs.add("encoder_hidden_states", enc, ref_enc)
     start = int(model.generation["decoder_start_token_id"])
-    feeds = {"input_ids": np.full((pixels.shape[0], 1), start, np.int64),
-             "encoder_hidden_states": model.encode(pixels)}
+    feeds = {"input_ids": np.full((pixels.shape[0], 1), start, np.int64), "encoder_hidden_states": enc}
     empty = np.zeros((pixels.shape[0], model._heads, 0, model._head_dim), np.float32)
     feeds.update({n: empty for n in model._past_names})
     diffs.add("logits", model.decoder.run(feeds)["logits"], ref_logits)

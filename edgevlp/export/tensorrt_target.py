@@ -18,6 +18,7 @@ import onnx
 from edgevlp.bundle import GraphSpec, TensorSpec
 from edgevlp.errors import ExportError, InputError
 from edgevlp.export.context import ExportContext
+from edgevlp.export.onnx_export import set_dim_names
 
 __all__ = ["write", "build_script", "trtexec_command", "FP16_MAX"]
 
@@ -34,21 +35,11 @@ def _fix_batch(graph: GraphSpec) -> GraphSpec:
                                outputs=tuple(map(fix, graph.outputs)))
 
 
-def _apply_shapes(model: onnx.ModelProto, graph: GraphSpec) -> None:
-    specs = {t.name: t for t in (*graph.inputs, *graph.outputs)}
-    for value in (*model.graph.input, *model.graph.output):
-        if value.name in specs:
-            for dim, want in zip(value.type.tensor_type.shape.dim, specs[value.name].shape):
-                if isinstance(want, int):
-                    dim.ClearField("dim_param")
-                    dim.dim_value = want
-
-
 def _simplify(path: Path, graph: GraphSpec) -> dict[str, int]:
     import onnxsim
 
     model = onnx.load(str(path))
-    _apply_shapes(model, graph)
+    set_dim_names(model, graph)
     before = len(model.graph.node)
     simplified, ok = onnxsim.simplify(model)
     if not ok:

@@ -15,12 +15,12 @@ from edgevlp.runtime.generation import (CachedDecoder, beam_search, check_genera
                                         generation_defaults, greedy)
 from edgevlp.runtime.results import Caption
 from edgevlp.runtime.tokenizer import BundleTokenizer
-from edgevlp.spec import PreprocessSpec
+from edgevlp.runtime.base import BundleModel
 
 __all__ = ["Captioner"]
 
 
-class Captioner:
+class Captioner(BundleModel):
     """Greedy (or beam) captioning with the bundle's vision encoder and KV-cache text decoder.
 
     Example:
@@ -32,11 +32,9 @@ class Captioner:
 
     def __init__(self, manifest: Manifest, sessions: Mapping[str, GraphSession],
                  tokenizer: BundleTokenizer) -> None:
-        self.manifest = manifest
+        super().__init__(manifest, tokenizer)
         self.vision = sessions["vision_encoder"]
         self.decoder = sessions["text_decoder"]
-        self.tokenizer = tokenizer
-        self.spec = PreprocessSpec.from_dict(manifest.preprocess)
         self.generation: dict[str, Any] = dict(manifest.generation)
         self._past_names = [t.name for t in self.decoder.graph.inputs if t.name.startswith("past_")]
         self._present_names = [t.name for t in self.decoder.graph.outputs if t.name.startswith("present")]
@@ -44,12 +42,6 @@ class Captioner:
         self._heads, self._head_dim = int(past.shape[1]), int(past.shape[3])
 
     # ------------------------------------------------------------------------------ pipeline
-    def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """The exact float32 NCHW tensor fed to the vision graph for a BGR uint8 ``frame``."""
-        from edgevlp.runtime.preprocess import preprocess
-
-        return preprocess(frame, self.spec)[0]
-
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         return self.vision.run({"pixel_values": pixel_values})["encoder_hidden_states"]
 

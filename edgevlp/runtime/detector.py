@@ -12,7 +12,7 @@ from edgevlp.errors import InputError
 from edgevlp.runtime.backends import GraphSession
 from edgevlp.runtime.results import Detections
 from edgevlp.runtime.tokenizer import BundleTokenizer
-from edgevlp.spec import PreprocessSpec
+from edgevlp.runtime.base import BundleModel
 
 __all__ = ["Detector", "class_logits", "nms"]
 
@@ -41,7 +41,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-class Detector:
+class Detector(BundleModel):
     """OWL-ViT v1/v2 detection with prompts that can change at any time.
 
     Example:
@@ -53,11 +53,9 @@ class Detector:
 
     def __init__(self, manifest: Manifest, sessions: Mapping[str, GraphSession],
                  tokenizer: BundleTokenizer) -> None:
-        self.manifest = manifest
+        super().__init__(manifest, tokenizer)
         self.image = sessions["image_encoder"]
         self.text = sessions["text_encoder"]
-        self.tokenizer = tokenizer
-        self.spec = PreprocessSpec.from_dict(manifest.preprocess)
         self.settings = dict(manifest.detection)
         self.prompts: list[str] = []
         self._text_embeds: np.ndarray | None = None
@@ -74,12 +72,6 @@ class Detector:
         embeds = self.embed_prompts(prompts)
         self.prompts = _validate_prompts(prompts)
         self._text_embeds = embeds
-
-    def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """The exact float32 NCHW tensor fed to the image graph for a BGR uint8 ``frame``."""
-        from edgevlp.runtime.preprocess import preprocess
-
-        return preprocess(frame, self.spec)[0]
 
     def heads(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         return self.image.run({"pixel_values": pixel_values})

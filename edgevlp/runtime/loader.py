@@ -58,5 +58,5 @@ def load(path: str | os.PathLike[str], backend: str | None = None, device: str |
     sessions = {role: engine.open(root, graph) for role, graph in manifest.graphs.items()}
     tokenizer = BundleTokenizer.from_file(root / manifest.tokenizer["file"])
     model = _TASKS[manifest.task](manifest, sessions, tokenizer)
-    model.backend = engine.name  # type: ignore[union-attr]
+    model.backend = engine.name
     return model
