@@ -159,6 +159,12 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
                                    "images, coco:PATH")
     p.add_argument("--teacher", help="teacher model for distillation (default: the input model)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted distillation/QAT from OUTPUT.train/ (its checkpoints)")
+    p.add_argument("--eval-data", default="shapes:val",
+                   help="data for the task metric before/after in the report (default shapes:val)")
+    p.add_argument("--eval-n", type=int, default=100,
+                   help="images for the metric before/after (default 100; 0 skips it)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
 
 
@@ -178,7 +184,8 @@ def _run_compress(args: argparse.Namespace) -> int:
     from edgevlp.compress.pipeline import compress_model, format_report
 
     report = compress_model(args.model, args.recipe, out, calib=args.calib, teacher=args.teacher,
-                            force=args.force)
+                            force=args.force, resume=args.resume,
+                            eval_data=args.eval_data if args.eval_n > 0 else None, eval_n=args.eval_n)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if not args.json:
         print(f"wrote {out} (report.json, compression.json); next: edgevlp export {out} -o BUNDLE "

@@ -100,13 +100,14 @@ def _decoder_feeds(adapter: CaptionerAdapter, vision: Path, decoder: Path, pixel
     enc_sess = ort.InferenceSession(str(vision), opts, providers=["CPUExecutionProvider"])
     dec_sess = ort.InferenceSession(str(decoder), opts, providers=["CPUExecutionProvider"])
     past_names = [i.name for i in dec_sess.get_inputs() if i.name.startswith("past_")]
-    layers, heads, head_dim = adapter.kv_layout()
+    head_dim = adapter.kv_layout()[2]
+    heads = [h for h in adapter.kv_heads() for _ in ("key", "value")]
     settings = adapter.generation_settings()
     start, eos = int(settings["decoder_start_token_id"]), settings.get("eos_token_id")
     feeds: Feeds = []
     for px in pixels:
         enc = enc_sess.run(None, {"pixel_values": px})[0]
-        past = [np.zeros((1, heads, 0, head_dim), np.float32) for _ in past_names]
+        past = [np.zeros((1, h, 0, head_dim), np.float32) for h in heads]
         token = start
         for _ in range(max_new_tokens):
             feed = {"input_ids": np.array([[token]], np.int64), "encoder_hidden_states": enc,

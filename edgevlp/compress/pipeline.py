@@ -23,7 +23,8 @@ from typing import Any
 
 from edgevlp.bundle import atomic_directory
 from edgevlp.compress import COMPRESSED_FORMAT
-from edgevlp.compress.recipe import PruneConfig, QuantConfig, Recipe, load_recipe, to_toml
+from edgevlp.compress.distill import teacher_copy
+from edgevlp.compress.recipe import DistillConfig, PruneConfig, QuantConfig, Recipe, load_recipe, to_toml
 from edgevlp.compress.stages import apply_stage
 from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
@@ -49,10 +50,15 @@ def _with_calibration(recipe: Recipe, source: str) -> Recipe:
 def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe | str | os.PathLike[str],
                    output: str | os.PathLike[str], *, calib: str | None = None,
                    teacher: str | os.PathLike[str] | None = None, force: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, resume: bool = False, eval_data: str | None = None,
+                   eval_n: int = 100) -> dict[str, Any]:
     """Apply ``recipe``'s stages to ``model`` and write the compressed directory ``output``.
 
-    ``calib`` replaces the recipe's calibration sources (recorded in the written recipe). Returns the
+    ``calib`` replaces the recipe's calibration sources (recorded in the written recipe). Training
+    stages distil from ``teacher`` (default: the model as loaded, before any stage) and checkpoint into
+    ``OUTPUT.train/``, which ``resume`` continues from and a successful run removes. With
+    ``eval_data``, the task metric on ``eval_n`` images is measured before (PyTorch FP32) and after
+    (the compressed model exported to a CPU bundle, so INT8 graphs are what is measured). Returns the
     report (also written as ``report.json``).
 
     Example:
@@ -66,20 +72,31 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
         from edgevlp.compress.calib import load_frames
 
         load_frames(calib, 1)  # fail fast on a bad --calib, before loading the model
-    if teacher is not None and not any(type(s).__name__ == "DistillConfig" for s in effective.stages) \
-            and not any(isinstance(s, QuantConfig) and s.train is not None for s in effective.stages):
+    trains = any(isinstance(s, DistillConfig) or (isinstance(s, QuantConfig) and s.train is not None)
+                 for s in effective.stages)
+    if teacher is not None and not trains:
         raise InputError("--teacher is only used by distillation (a distill stage or QAT); the recipe has "
                          "neither, so drop --teacher")
     from edgevlp.models import load_model
 
     adapter = model if isinstance(model, ModelAdapter) else load_model(model)
-    teacher_adapter = load_model(teacher) if teacher is not None else None
+    if teacher is not None:
+        teacher_adapter = load_model(teacher)
+    else:  # the original, before pruning changes it
+        teacher_adapter = teacher_copy(adapter) if trains else None
+    checkpoints = Path(output).with_name(Path(output).name + ".train")
+    if resume and not checkpoints.is_dir():
+        raise InputError(f"--resume: no checkpoints in {checkpoints}; run without --resume")
+    if trains and checkpoints.is_dir() and not resume:
+        raise InputError(f"{checkpoints} holds checkpoints of an interrupted run: pass --resume to continue "
+                         "it, or delete the folder to start over")
+    metric_before = _metric(adapter, eval_data, eval_n) if eval_data else None
     source = model.source if isinstance(model, ModelAdapter) else os.fspath(model)
     params_before = adapter.parameter_counts()
     t_start = time.perf_counter()
     with atomic_directory(output, force=force) as tmp, tempfile.TemporaryDirectory(prefix="edgevlp-compress-") as work:
         state = CompressState(adapter=adapter, out=tmp, work=Path(work), teacher=teacher_adapter,
-                              progress=progress)
+                              progress=progress, checkpoints=checkpoints, resume=resume)
         stages = []
         for name, stage in zip(effective.stage_names(), effective.stages):
             t0 = time.perf_counter()
@@ -97,8 +114,14 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
         if other:  # OpenVINO IR: `edgevlp export --target openvino` copies it as it is
             compression["openvino_graphs"] = other
         (tmp / "compression.json").write_text(json.dumps(compression, indent=2) + "\n", encoding="utf-8")
+        metric_after = None
+        if eval_data:
+            state.log(f"measuring the task metric on {eval_n} images of {eval_data}")
+            metric_after = _metric_compressed(tmp, Path(work), eval_data, eval_n) if state.quantized \
+                else _metric(adapter, eval_data, eval_n)
         report = {
             "format": "edgevlp-compress-report", "model": source, "family": adapter.family,
+            "metric": _metric_summary(metric_before, metric_after, eval_data, eval_n),
             "recipe": effective.name, "recipe_file": str(recipe_file) if recipe_file else None,
             "calibration_override": calib,
             "parameters": {"before": params_before, "after": adapter.parameter_counts()},
@@ -109,7 +132,37 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
                       if other else []),
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if checkpoints.is_dir():
+        shutil.rmtree(checkpoints)  # the run succeeded: its training checkpoints are no longer needed
     return report
+
+
+_METRIC_KEYS = ("cider", "bleu4", "map50", "map")
+
+
+def _metric(model: Any, data: str, n: int) -> dict[str, float]:
+    from edgevlp.eval import evaluate
+
+    result = evaluate(model, data, n, progress=False)
+    return {k: round(float(result[k]), 4) for k in _METRIC_KEYS if k in result}
+
+
+def _metric_compressed(out: Path, work: Path, data: str, n: int) -> dict[str, float]:
+    """The metric of the compressed directory as deployed: exported to a CPU bundle (INT8 graphs)."""
+    from edgevlp.export import export_model
+
+    bundle = work / "eval-bundle"
+    export_model(out, bundle, target="cpu", precision="int8", skip_parity=True, progress=False)
+    return _metric(bundle, data, n)
+
+
+def _metric_summary(before: dict[str, float] | None, after: dict[str, float] | None, data: str | None,
+                    n: int) -> dict[str, Any] | None:
+    if before is None or after is None:
+        return None
+    ratio = {k: round(after[k] / before[k], 4) for k in before if k in after and before[k] > 0}
+    return {"data": data, "images": n, "before": before, "after": after, "after_over_before": ratio,
+            "before_is": "PyTorch FP32 (the input model)", "after_is": "the compressed model"}
 
 
 def _mb(n: int) -> str:

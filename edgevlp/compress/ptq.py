@@ -78,13 +78,6 @@ def nonfinite_tensors(path: Path, feeds: list) -> set[str]:
     return bad
 
 
-def _log(state: CompressState, text: str) -> None:
-    if state.progress:
-        import sys
-
-        print(f"[compress] {text}", file=sys.stderr, flush=True)
-
-
 def apply(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
     """Quantise every graph of ``state.adapter`` as ``cfg`` says; returns the stage's report."""
     if cfg.method == "qat":
@@ -109,7 +102,7 @@ def apply(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
         held = calib_frames[-n_eval:]
     calib = build_feeds(state.adapter, graphs, calib_frames)
     evals = build_feeds(state.adapter, graphs, held + real_photos())
-    _log(state, f"calibration: {len(calib_frames)} frames from {source}, held-out {len(held)} + 3 photos "
+    state.log(f"calibration: {len(calib_frames)} frames from {source}, held-out {len(held)} + 3 photos "
                 f"({time.perf_counter() - t0:.1f}s)")
     cache = state.work / "calib"
     cache.mkdir(exist_ok=True)
@@ -133,7 +126,7 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
     skip = {n.name for n in model.graph.node if not selected(cfg, role, n)}
     compute = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
     if compute and all(n.name in skip for n in compute):
-        _log(state, f"{role}: kept in FP32 (the recipe's include/exclude select none of its layers)")
+        state.log(f"{role}: kept in FP32 (the recipe's include/exclude select none of its layers)")
         return {"quantized": False, "reason": "include/exclude patterns select none of its layers"}
     nonfinite = frozenset(nonfinite_tensors(src, calib[:2] + calib[-2:]))
     mask_nodes = {n.name for n in model.graph.node if nonfinite & {*n.input, *n.output}}
@@ -157,7 +150,7 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
         fallback = select_fallback(groups, score, min_score=cfg.fallback.min_cosine,
                                    max_layers=cfg.fallback.max_layers)
         kept = ", ".join(k["group"] for k in fallback.kept) or "none"
-        _log(state, f"{role}: fallback all-INT8 cosine {fallback.score_quantized:.4f} -> "
+        state.log(f"{role}: fallback all-INT8 cosine {fallback.score_quantized:.4f} -> "
                     f"{fallback.score_final:.4f} (tolerance {cfg.fallback.min_cosine}), FP32: {kept}")
     dst = state.out / f"{role}{backend.suffix}"
     details = backend.quantize(role, src, dst, cfg, calib, skip | (fallback.excluded_nodes if fallback else set()),
@@ -173,7 +166,7 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
                  "ConvInteger", "DynamicQuantizeLinear", "MatMulNBits", "QLinearMatMul", "QLinearConv"}) \
         if qmodel is not None else ["FakeQuantize (OpenVINO IR)"]
     state.quantized[role] = dst.name
-    _log(state, f"{role}: worst cosine {min_cosine(outputs):.4f}, {_size(src) / 1e6:.2f} -> "
+    state.log(f"{role}: worst cosine {min_cosine(outputs):.4f}, {_size(src) / 1e6:.2f} -> "
                 f"{_size(dst) / 1e6:.2f} MB, {before:.2f} -> {after:.2f} ms")
     return {
         "quantized": True, "file": dst.name, **details, "integer_ops": ops,

@@ -21,11 +21,11 @@ __all__ = ["HANDLERS", "PLANNED", "apply_stage"]
 #: config type -> "module:function" applying it.
 HANDLERS: dict[type, str] = {
     QuantConfig: "edgevlp.compress.ptq:apply",
+    PruneConfig: "edgevlp.compress.prune:apply",
+    DistillConfig: "edgevlp.compress.distill:apply",
 }
 #: config types whose handler has not landed yet -> what is missing (shown in the error).
 PLANNED: dict[type, str] = {
-    PruneConfig: "structured pruning of heads/neurons",
-    DistillConfig: "knowledge distillation",
 }
 ISSUE = 8
 

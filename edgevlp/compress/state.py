@@ -16,7 +16,9 @@ class CompressState:
     """Mutable state threaded through the stages.
 
     ``adapter`` is the model being compressed (prune/distil stages change it in place); ``teacher`` the
-    original (for distillation); ``work`` a scratch folder, ``out`` the output being written.
+    original (for distillation); ``work`` a scratch folder, ``out`` the output being written;
+    ``checkpoints`` the folder that training stages checkpoint into (kept until the run succeeds) and
+    ``resume`` whether they continue from it.
     ``fp32_graphs`` (role -> ONNX path) are exported on first use from the *current* model;
     ``quantized`` (role -> file name in ``out``) are what `compression.json` lists.
     """
@@ -26,6 +28,8 @@ class CompressState:
     work: Path
     teacher: ModelAdapter | None = None
     calib_override: str | None = None
+    checkpoints: Path | None = None
+    resume: bool = False
     progress: bool = True
     quantized: dict[str, str] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
@@ -45,6 +49,13 @@ class CompressState:
                 export_graph(g, path)
                 self._fp32[g.role] = path
         return self._fp32
+
+    def log(self, text: str) -> None:
+        """A progress line on stderr (unless progress is off)."""
+        if self.progress:
+            import sys
+
+            print(f"[compress] {text}", file=sys.stderr, flush=True)
 
     def model_changed(self) -> None:
         """Call after changing the torch model: the FP32 graphs are exported again when next needed."""

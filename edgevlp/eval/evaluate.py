@@ -20,13 +20,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from edgevlp.data import dataset, load_coco, parse_data_spec
 from edgevlp.data.shapes import MIN_SCENE_SIZE
 from edgevlp.data.vocab import CATEGORIES, HELDOUT_PAIRS
+
+if TYPE_CHECKING:
+    from edgevlp.models.base import ModelAdapter
 from edgevlp.errors import InputError
 from edgevlp.eval.metrics import DetectionRecord, caption_scores, detection_scores
 
@@ -241,10 +244,10 @@ def mention_recall(samples: Sequence[Sample], texts: Sequence[str]) -> dict[str,
 
 
 # ------------------------------------------------------------------------------------- evaluate
-def evaluate(model_or_bundle: str | os.PathLike[str], data: str = "shapes:val", n: int | None = None, *,
+def evaluate(model_or_bundle: "str | os.PathLike[str] | ModelAdapter", data: str = "shapes:val", n: int | None = None, *,
              batch_size: int = 32, max_new_tokens: int = 40, progress: bool = True,
              backend: str | None = None) -> dict[str, Any]:
-    """Metrics of a model (dir, zoo name, hub id) or bundle on ``data``.
+    """Metrics of a model (dir, zoo name, hub id, or a loaded adapter) or bundle on ``data``.
 
     Returns a JSON-ready dict: ``task``, ``model``, ``data``, ``n_images``, ``seconds`` and
     ``bleu4``/``cider`` (+ ``bleu1``..``bleu3``) for captioners or ``map``/``map50``/``map75`` for
@@ -257,8 +260,12 @@ def evaluate(model_or_bundle: str | os.PathLike[str], data: str = "shapes:val", 
     from edgevlp.bundle import is_bundle
 
     t0 = time.time()
-    target = os.fspath(model_or_bundle)
-    if is_bundle(target):
+    if hasattr(model_or_bundle, "preprocess_spec"):  # an adapter already loaded (e.g. during compression)
+        predictor, target, kind = model_or_bundle, model_or_bundle.source, "pytorch"
+        task = predictor.task
+        size = int(predictor.preprocess_spec().input_shape[2])
+    elif is_bundle(os.fspath(model_or_bundle)):
+        target = os.fspath(model_or_bundle)
         from edgevlp.runtime import load
 
         predictor = load(target, backend=backend)
@@ -268,6 +275,7 @@ def evaluate(model_or_bundle: str | os.PathLike[str], data: str = "shapes:val", 
     else:
         from edgevlp.models import inspect_model, load_model
 
+        target = os.fspath(model_or_bundle)
         inspect_model(target)
         predictor = load_model(target)
         task = predictor.task

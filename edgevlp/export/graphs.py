@@ -114,7 +114,8 @@ def _captioner_graphs(adapter: CaptionerAdapter) -> list[GraphExport]:
     with torch.no_grad():
         enc = adapter.encode_image(pixels)
     _, enc_len, enc_dim = enc.shape
-    layers, heads, head_dim = adapter.kv_layout()
+    layers, _, head_dim = adapter.kv_layout()
+    heads = [h for h in adapter.kv_heads() for _ in ("key", "value")]  # per layer (pruning may differ)
     vocab = adapter.model.get_output_embeddings().weight.shape[0] if \
         adapter.model.get_output_embeddings() is not None else None
     vision = GraphExport(
@@ -128,11 +129,11 @@ def _captioner_graphs(adapter: CaptionerAdapter) -> list[GraphExport]:
     gen = torch.Generator().manual_seed(1)
     start = adapter.generation_settings()["decoder_start_token_id"] or 0
     ids = torch.full((2, 2), int(start), dtype=torch.long)
-    past = tuple(torch.randn(2, heads, 3, head_dim, generator=gen) for _ in range(2 * layers))
-    kv_in = tuple(TensorSpec(n, "float32", ("batch", heads, "past_sequence", head_dim))
-                  for n in decoder_past_names(layers))
-    kv_out = tuple(TensorSpec(n, "float32", ("batch", heads, "total_sequence", head_dim))
-                   for n in decoder_past_names(layers, "present"))
+    past = tuple(torch.randn(2, h, 3, head_dim, generator=gen) for h in heads)
+    kv_in = tuple(TensorSpec(n, "float32", ("batch", h, "past_sequence", head_dim))
+                  for n, h in zip(decoder_past_names(layers), heads))
+    kv_out = tuple(TensorSpec(n, "float32", ("batch", h, "total_sequence", head_dim))
+                   for n, h in zip(decoder_past_names(layers, "present"), heads))
     decoder = GraphExport(
         role="text_decoder",
         module=_KVDecoder(adapter),

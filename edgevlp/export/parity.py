@@ -79,8 +79,7 @@ def _captioner_parity(adapter: CaptionerAdapter, model: Captioner, pixels: np.nd
     diffs.add("encoder_hidden_states", enc, ref_enc)
     start = int(model.generation["decoder_start_token_id"])
     feeds = {"input_ids": np.full((pixels.shape[0], 1), start, np.int64), "encoder_hidden_states": enc}
-    empty = np.zeros((pixels.shape[0], model._heads, 0, model._head_dim), np.float32)
-    feeds.update({n: empty for n in model._past_names})
+    feeds.update(model.empty_cache(pixels.shape[0]))
     diffs.add("logits", model.decoder.run(feeds)["logits"], ref_logits)
     ref_ids = adapter.generate(px, max_new_tokens=new_tokens).numpy()
     got_ids = model.generate(pixels, max_new_tokens=new_tokens)

@@ -82,7 +82,9 @@ class ModelAdapter(ABC):
                 "convert with model.save_pretrained(dir, safe_serialization=True)"
             )
         try:
-            model = cls.model_class().from_pretrained(model_dir, use_safetensors=True)
+            model = cls._load_model(model_dir)
+        except ModelLoadError:
+            raise
         except Exception as err:  # noqa: BLE001 - transformers raises many types for bad checkpoints
             raise ModelLoadError(f"could not load {cls.architecture} from {model_dir}: {err}") from None
         processor_path = model_dir / PROCESSOR_FILE
@@ -104,6 +106,38 @@ class ModelAdapter(ABC):
             )
         return cls(model, processor_config=processor_config, tokenizer=tokenizer,
                    source=source or str(model_dir))
+
+    @classmethod
+    def _load_model(cls, model_dir: Path) -> PreTrainedModel:
+        """``from_pretrained``, or for a pruned model (non-uniform shapes, recorded in its config):
+        build it from the config, give it the pruned shapes, then load the safetensors weights."""
+        from edgevlp.models.pruning import CONFIG_KEY, rebuild_pruned
+
+        model_class = cls.model_class()
+        config = model_class.config_class.from_pretrained(model_dir)
+        record = getattr(config, CONFIG_KEY, None)
+        if not record:
+            return model_class.from_pretrained(model_dir, use_safetensors=True)
+        from safetensors.torch import load_file
+
+        model = model_class(config)
+        rebuild_pruned(model, record)
+        state: dict[str, torch.Tensor] = {}
+        for path in sorted(model_dir.glob("*.safetensors")):
+            state.update(load_file(str(path)))
+        model.tie_weights()
+        by_storage: dict[int, set[str]] = {}
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            by_storage.setdefault(tensor.data_ptr(), set()).add(name)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # save_pretrained writes a tied weight once: a missing key is fine if an alias was loaded
+        untied = [k for k in missing if not any(alias in state for alias in by_storage[
+            model.state_dict(keep_vars=True)[k].data_ptr()])]
+        if untied or unexpected:
+            raise ModelLoadError(f"the weights in {model_dir} do not match its pruned config "
+                                 f"(missing {untied[:3]}, unexpected {unexpected[:3]}); re-save the model")
+        model.tie_weights()
+        return model
 
     @classmethod
     @abstractmethod
@@ -230,7 +264,13 @@ class CaptionerAdapter(ModelAdapter):
 
     @abstractmethod
     def kv_layout(self) -> tuple[int, int, int]:
-        """``(num_layers, num_heads, head_dim)`` of the decoder's self-attention KV cache."""
+        """``(num_layers, num_heads, head_dim)`` of the decoder's self-attention KV cache (``num_heads``
+        as configured; :meth:`kv_heads` has the per-layer counts of a pruned decoder)."""
+
+    def kv_heads(self) -> list[int]:
+        """Self-attention heads of each decoder layer (differ per layer once heads were pruned)."""
+        layers, heads, _ = self.kv_layout()
+        return [heads] * layers
 
     def caption(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> list[str]:
         ids = self.generate(pixel_values, max_new_tokens=max_new_tokens)

@@ -85,3 +85,7 @@ class BlipAdapter(CaptionerAdapter):
         text = self.model.config.text_config
         return (text.num_hidden_layers, text.num_attention_heads,
                 text.hidden_size // text.num_attention_heads)
+
+    def kv_heads(self) -> list[int]:
+        return [int(layer.attention.self.num_attention_heads)
+                for layer in self.model.text_decoder.bert.encoder.layer]

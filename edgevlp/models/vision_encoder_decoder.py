@@ -96,3 +96,9 @@ class VisionEncoderDecoderAdapter(CaptionerAdapter):
                  or dec.decoder_attention_heads)
         hidden = getattr(dec, "hidden_size", None) or getattr(dec, "n_embd", None) or dec.d_model
         return int(layers), int(heads), int(hidden) // int(heads)
+
+    def kv_heads(self) -> list[int]:
+        blocks = getattr(getattr(self.model.decoder, "transformer", None), "h", None)
+        if blocks is not None and all(hasattr(b.attn, "num_heads") for b in blocks):  # GPT-2 (prunable)
+            return [int(b.attn.num_heads) for b in blocks]
+        return super().kv_heads()

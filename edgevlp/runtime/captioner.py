@@ -38,8 +38,13 @@ class Captioner(BundleModel):
         self.generation: dict[str, Any] = dict(manifest.generation)
         self._past_names = [t.name for t in self.decoder.graph.inputs if t.name.startswith("past_")]
         self._present_names = [t.name for t in self.decoder.graph.outputs if t.name.startswith("present")]
-        past = next(t for t in self.decoder.graph.inputs if t.name.startswith("past_"))
-        self._heads, self._head_dim = int(past.shape[1]), int(past.shape[3])
+        # (heads, head_dim) of each cache input: heads differ per layer in a pruned decoder
+        self._past_dims = {t.name: (int(t.shape[1]), int(t.shape[3]))
+                           for t in self.decoder.graph.inputs if t.name.startswith("past_")}
+
+    def empty_cache(self, rows: int) -> dict[str, np.ndarray]:
+        """Zero-length self-attention cache inputs for ``rows`` sequences (the first decoder step)."""
+        return {n: np.zeros((rows, h, 0, d), np.float32) for n, (h, d) in self._past_dims.items()}
 
     # ------------------------------------------------------------------------------ pipeline
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -77,7 +82,7 @@ class Captioner(BundleModel):
         if num_beams > 1:
             enc = np.repeat(enc, num_beams, axis=0)  # row b * num_beams + j: beam j of image b
         decoder = CachedDecoder(self.decoder, enc, self._past_names, self._present_names,
-                                heads=self._heads, head_dim=self._head_dim)
+                                self.empty_cache(enc.shape[0]))
         if num_beams == 1:
             ids = greedy(decoder, batch=batch, start=start, max_new_tokens=int(max_new), eos=eos, pad=pad,
                          repetition_penalty=float(repetition_penalty))

@@ -55,21 +55,19 @@ class CachedDecoder:
     ``encoder_hidden_states`` must have one row per decoded sequence (repeat it per beam first).
 
     Example:
-        >>> decoder = CachedDecoder(session, enc, past_names, present_names, heads=4, head_dim=8)  # doctest: +SKIP
+        >>> decoder = CachedDecoder(session, enc, past_names, present_names, empty)  # doctest: +SKIP
         >>> decoder.step(np.array([5, 5])).shape                                                   # doctest: +SKIP
         (2, 100)
     """
 
     def __init__(self, session: GraphSession, encoder_hidden_states: np.ndarray,
-                 past_names: Sequence[str], present_names: Sequence[str], *, heads: int,
-                 head_dim: int) -> None:
+                 past_names: Sequence[str], present_names: Sequence[str],
+                 empty_cache: Mapping[str, np.ndarray]) -> None:
         self.session = session
         self.past_names = list(past_names)
         self.present_names = list(present_names)
-        rows = encoder_hidden_states.shape[0]
-        empty = np.zeros((rows, heads, 0, head_dim), np.float32)
         self.feeds: dict[str, np.ndarray] = {"encoder_hidden_states": encoder_hidden_states,
-                                             **{n: empty for n in self.past_names}}
+                                             **{n: empty_cache[n] for n in self.past_names}}
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         self.feeds["input_ids"] = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1)

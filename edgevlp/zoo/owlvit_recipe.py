@@ -28,7 +28,7 @@ from edgevlp.models.owlvit import OwlViTAdapter
 from edgevlp.zoo._loop import Recipe, to_pixels, train_index
 from edgevlp.zoo.blip_recipe import CLIP_MEAN, CLIP_STD
 
-__all__ = ["OwlViTRecipe", "TRAIN_PHRASES", "box_cxcywh_to_xyxy", "generalized_iou", "forward_detector"]
+__all__ = ["OwlViTRecipe", "TRAIN_PHRASES", "detection_targets", "set_loss", "box_cxcywh_to_xyxy", "generalized_iou", "forward_detector"]
 
 #: Phrases that occur in train/val/test (the held-out pairs never do).
 TRAIN_PHRASES: tuple[str, ...] = tuple(p for p in CATEGORIES if tuple(p.split()) not in HELDOUT_PAIRS)
@@ -87,6 +87,59 @@ def forward_detector(adapter: OwlViTAdapter, pixel_values: torch.Tensor, query_i
     return logits, boxes
 
 
+def set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, Any]]
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The DETR-style set loss of predictions for the :data:`QUERIES` against :func:`detection_targets`."""
+    from scipy.optimize import linear_sum_assignment
+
+    b, p, q = logits.shape
+    cls_target = torch.zeros_like(logits)
+    src_boxes, tgt_boxes = [], []
+    with torch.no_grad():
+        prob = logits.sigmoid()
+        pred_xyxy = box_cxcywh_to_xyxy(boxes)
+    for i, t in enumerate(targets):
+        k = len(t["boxes"])
+        if k == 0:
+            continue
+        tgt_xyxy = t["boxes"]
+        tgt_cxcywh = torch.cat([(tgt_xyxy[:, :2] + tgt_xyxy[:, 2:]) / 2, tgt_xyxy[:, 2:] - tgt_xyxy[:, :2]], -1)
+        with torch.no_grad():
+            pr = prob[i][:, t["phrase"]]  # (patches, k)
+            pos_cost = 0.25 * (1 - pr) ** 2 * -(pr + 1e-8).log()
+            neg_cost = 0.75 * pr ** 2 * -(1 - pr + 1e-8).log()
+            cost = (W_FOCAL * (pos_cost - neg_cost) + W_L1 * torch.cdist(boxes[i].detach(), tgt_cxcywh, p=1)
+                    - W_GIOU * generalized_iou(pred_xyxy[i], tgt_xyxy))
+            rows, cols = linear_sum_assignment(cost.numpy())
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            cls_target[i, r, t["pos"][c]] = 1.0
+            src_boxes.append(boxes[i, r])
+            tgt_boxes.append(tgt_cxcywh[c])
+    n_obj = max(len(src_boxes), 1)
+    loss_cls = _focal(logits, cls_target).sum() / n_obj
+    if src_boxes:
+        sb, tb = torch.stack(src_boxes), torch.stack(tgt_boxes)
+        loss_l1 = F.l1_loss(sb, tb, reduction="sum") / n_obj
+        loss_giou = (1 - torch.diag(generalized_iou(box_cxcywh_to_xyxy(sb), box_cxcywh_to_xyxy(tb)))).sum() / n_obj
+    else:
+        loss_l1 = loss_giou = logits.sum() * 0
+    loss = W_FOCAL * loss_cls + W_L1 * loss_l1 + W_GIOU * loss_giou
+    return loss, {"cls": round(float(loss_cls.detach()), 4), "l1": round(float(loss_l1.detach()), 4),
+                  "giou": round(float(loss_giou.detach()), 4)}
+
+
+def detection_targets(scenes: list[Any], size: int) -> list[dict[str, Any]]:
+    """Per scene: boxes (xyxy in [0, 1]), the phrase query of each object and its positive queries
+    (phrase, colour word, shape word) - what :meth:`OwlViTRecipe.loss` matches predictions against."""
+    index = {q: i for i, q in enumerate(QUERIES)}
+    targets = []
+    for s in scenes:
+        boxes = torch.tensor([o.box_xyxy for o in s.objects], dtype=torch.float32).reshape(-1, 4) / float(size)
+        pos = [[index[o.phrase], index[o.colour], index[o.shape]] for o in s.objects]
+        targets.append({"boxes": boxes, "phrase": torch.tensor([p[0] for p in pos]), "pos": pos})
+    return targets
+
+
 class OwlViTRecipe(Recipe):
     name = "demo-owlvit"
     family = "owlvit"
@@ -142,54 +195,13 @@ class OwlViTRecipe(Recipe):
     def batch(self, step: int, batch_size: int, seed: int) -> dict[str, Any]:
         scenes = list(dataset("train", batch_size, size=self.image_size,
                               start=train_index(step, batch_size, seed, offset=333_331)))
-        size = float(self.image_size)
-        index = {q: i for i, q in enumerate(QUERIES)}
-        targets = []
-        for s in scenes:
-            boxes = torch.tensor([o.box_xyxy for o in s.objects], dtype=torch.float32).reshape(-1, 4) / size
-            pos = [[index[o.phrase], index[o.colour], index[o.shape]] for o in s.objects]
-            targets.append({"boxes": boxes, "phrase": torch.tensor([p[0] for p in pos]), "pos": pos})
-        return {"pixel_values": to_pixels([s.image for s in scenes], CLIP_MEAN, CLIP_STD), "targets": targets}
+        return {"pixel_values": to_pixels([s.image for s in scenes], CLIP_MEAN, CLIP_STD),
+                "targets": detection_targets(scenes, self.image_size)}
 
     def loss(self, adapter: OwlViTAdapter, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        from scipy.optimize import linear_sum_assignment
-
         ids, mask = self._queries(adapter)
         logits, boxes = forward_detector(adapter, batch["pixel_values"], ids, mask)
-        b, p, q = logits.shape
-        cls_target = torch.zeros_like(logits)
-        src_boxes, tgt_boxes = [], []
-        with torch.no_grad():
-            prob = logits.sigmoid()
-            pred_xyxy = box_cxcywh_to_xyxy(boxes)
-        for i, t in enumerate(batch["targets"]):
-            k = len(t["boxes"])
-            if k == 0:
-                continue
-            tgt_xyxy = t["boxes"]
-            tgt_cxcywh = torch.cat([(tgt_xyxy[:, :2] + tgt_xyxy[:, 2:]) / 2, tgt_xyxy[:, 2:] - tgt_xyxy[:, :2]], -1)
-            with torch.no_grad():
-                pr = prob[i][:, t["phrase"]]  # (patches, k)
-                pos_cost = 0.25 * (1 - pr) ** 2 * -(pr + 1e-8).log()
-                neg_cost = 0.75 * pr ** 2 * -(1 - pr + 1e-8).log()
-                cost = (W_FOCAL * (pos_cost - neg_cost) + W_L1 * torch.cdist(boxes[i].detach(), tgt_cxcywh, p=1)
-                        - W_GIOU * generalized_iou(pred_xyxy[i], tgt_xyxy))
-                rows, cols = linear_sum_assignment(cost.numpy())
-            for r, c in zip(rows.tolist(), cols.tolist()):
-                cls_target[i, r, t["pos"][c]] = 1.0
-                src_boxes.append(boxes[i, r])
-                tgt_boxes.append(tgt_cxcywh[c])
-        n_obj = max(len(src_boxes), 1)
-        loss_cls = _focal(logits, cls_target).sum() / n_obj
-        if src_boxes:
-            sb, tb = torch.stack(src_boxes), torch.stack(tgt_boxes)
-            loss_l1 = F.l1_loss(sb, tb, reduction="sum") / n_obj
-            loss_giou = (1 - torch.diag(generalized_iou(box_cxcywh_to_xyxy(sb), box_cxcywh_to_xyxy(tb)))).sum() / n_obj
-        else:
-            loss_l1 = loss_giou = logits.sum() * 0
-        loss = W_FOCAL * loss_cls + W_L1 * loss_l1 + W_GIOU * loss_giou
-        return loss, {"cls": round(float(loss_cls.detach()), 4), "l1": round(float(loss_l1.detach()), 4),
-                      "giou": round(float(loss_giou.detach()), 4)}
+        return set_loss(logits, boxes, batch["targets"])
 
     def quick_eval(self, adapter: OwlViTAdapter, n: int) -> dict[str, float]:
         from edgevlp.eval.evaluate import detect_scenes_torch
