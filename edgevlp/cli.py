@@ -161,6 +161,9 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted distillation/QAT from OUTPUT.train/ (its checkpoints)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="retrain instead of reusing a cached result of the same training stages on the same "
+                        "model ($EDGEVLP_CACHE/stages, or the demo zoo's shipped entries)")
     p.add_argument("--eval-data", default="shapes:val",
                    help="data for the task metric before/after in the report (default shapes:val)")
     p.add_argument("--eval-n", type=int, default=100,
@@ -184,7 +187,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     from edgevlp.compress.pipeline import compress_model, format_report
 
     report = compress_model(args.model, args.recipe, out, calib=args.calib, teacher=args.teacher,
-                            force=args.force, resume=args.resume,
+                            force=args.force, resume=args.resume, cache=not args.no_cache,
                             eval_data=args.eval_data if args.eval_n > 0 else None, eval_n=args.eval_n)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if not args.json:

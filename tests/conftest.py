@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 # Nothing in the test suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The compression stage cache goes to a throwaway folder, never the user's ~/.cache.
+os.environ["EDGEVLP_CACHE"] = tempfile.mkdtemp(prefix="edgevlp-test-cache-")
 
 REPO = Path(__file__).resolve().parent.parent
 

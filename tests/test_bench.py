@@ -56,3 +56,19 @@ def test_bench_needs_targets() -> None:
         run_bench([])
     with pytest.raises(InputError, match="backend"):
         run_bench(["demo-blip"], backends=("tensorflow",))
+
+
+def test_bench_measures_optimum_ortmodel_for_vision_encoder_decoder(exported, tmp_path) -> None:
+    """Where optimum exports the model (VisionEncoderDecoder), its ORTModel is measured in the same run
+    on the same images and token budget, and every row gets a speed-up against it."""
+    rows = run_bench([str(exported("VisionEncoderDecoderModel"))], data="shapes:val", n=4, frames=3,
+                     max_new_tokens=5, output=tmp_path, progress=False)
+    assert [r.engine for r in rows] == ["onnxruntime", "pytorch", "optimum-onnxruntime"]
+    optimum = rows[2]
+    assert optimum.metric is not None and optimum.p50 > 0 and optimum.name == "optimum ORTModel"
+    table = (tmp_path / "bench.md").read_text()
+    ours = next(line for line in table.splitlines() if "| onnxruntime |" in line)
+    cells = [c.strip() for c in ours.split("|")]
+    header = [c.strip() for c in table.splitlines()[0].split("|")]
+    ratio = float(cells[header.index("vs optimum")].rstrip("x"))
+    assert abs(ratio - optimum.p50 / rows[0].p50) < 0.01

@@ -20,18 +20,20 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 def markdown_table(rows: list[BenchRow]) -> str:
     """One row per configuration; latency p50/p90 in ms per stage and in total."""
     head = ("| model | engine | precision | metric | p50 ms | p90 ms | preprocess | encode | decode | post "
-            "| FPS | speed-up | peak RSS MiB | cold start s | size MB | note |")
+            "| FPS | speed-up | vs optimum | peak RSS MiB | cold start s | size MB | note |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     refs = {r.task: r.p50 for r in rows if r.engine == "pytorch"}
+    optimum = {r.task: r.p50 for r in rows if r.engine == "optimum-onnxruntime"}
     for r in rows:
         stage = {k: _fmt(r.latency_ms.get(k, {}).get("p50")) for k in ("preprocess", "encode", "decode",
                                                                         "postprocess")}
         speed = refs.get(r.task, float("nan")) / r.p50 if r.p50 else float("nan")
+        vs_optimum = f"{optimum[r.task] / r.p50:.2f}x" if r.task in optimum and r.p50 else "-"
         metric = f"{r.metric_name} {_fmt(r.metric, '.3f')}"
         lines.append(f"| {r.name} | {r.engine} | {r.precision} | {metric} | {_fmt(r.p50)} | "
                      f"{_fmt(r.latency_ms.get('total', {}).get('p90'))} | {stage['preprocess']} | "
                      f"{stage['encode']} | {stage['decode']} | {stage['postprocess']} | "
-                     f"{r.throughput_fps:.1f} | {speed:.2f}x | {_fmt(r.peak_rss_mib, '.0f')} | "
+                     f"{r.throughput_fps:.1f} | {speed:.2f}x | {vs_optimum} | {_fmt(r.peak_rss_mib, '.0f')} | "
                      f"{_fmt(r.cold_start_s)} | {_fmt(r.size_mb)} | {r.note} |")
     return "\n".join(lines)
 

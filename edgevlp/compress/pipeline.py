@@ -23,6 +23,7 @@ from typing import Any
 
 from edgevlp.bundle import atomic_directory
 from edgevlp.compress import COMPRESSED_FORMAT
+from edgevlp.compress.cache import cacheable_prefix, lookup, read_reports, stage_key, store
 from edgevlp.compress.distill import teacher_copy
 from edgevlp.compress.recipe import DistillConfig, PruneConfig, QuantConfig, Recipe, load_recipe, to_toml
 from edgevlp.compress.stages import apply_stage
@@ -51,14 +52,16 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
                    output: str | os.PathLike[str], *, calib: str | None = None,
                    teacher: str | os.PathLike[str] | None = None, force: bool = False,
                    progress: bool = True, resume: bool = False, eval_data: str | None = None,
-                   eval_n: int = 100) -> dict[str, Any]:
+                   eval_n: int = 100, cache: bool = True) -> dict[str, Any]:
     """Apply ``recipe``'s stages to ``model`` and write the compressed directory ``output``.
 
     ``calib`` replaces the recipe's calibration sources (recorded in the written recipe). Training
     stages distil from ``teacher`` (default: the model as loaded, before any stage) and checkpoint into
     ``OUTPUT.train/``, which ``resume`` continues from and a successful run removes. With
     ``eval_data``, the task metric on ``eval_n`` images is measured before (PyTorch FP32) and after
-    (the compressed model exported to a CPU bundle, so INT8 graphs are what is measured). Returns the
+    (the compressed model exported to a CPU bundle, so INT8 graphs are what is measured). With
+    ``cache``, the result of the training stages is stored and reused (:mod:`edgevlp.compress.cache`).
+    Returns the
     report (also written as ``report.json``).
 
     Example:
@@ -77,7 +80,7 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
     if teacher is not None and not trains:
         raise InputError("--teacher is only used by distillation (a distill stage or QAT); the recipe has "
                          "neither, so drop --teacher")
-    from edgevlp.models import load_model
+    from edgevlp.models import load_model, resolve_model_dir
 
     adapter = model if isinstance(model, ModelAdapter) else load_model(model)
     if teacher is not None:
@@ -93,15 +96,29 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
     metric_before = _metric(adapter, eval_data, eval_n) if eval_data else None
     source = model.source if isinstance(model, ModelAdapter) else os.fspath(model)
     params_before = adapter.parameter_counts()
+    prefix = cacheable_prefix(effective.stages) if cache and not isinstance(model, ModelAdapter) else 0
+    key = stage_key(resolve_model_dir(model), effective.stages[:prefix]) if prefix else None  # type: ignore[arg-type]
+    hit = lookup(key) if key else None
+    cached_reports: list[dict[str, Any]] = []
+    if hit is not None:  # the training stages ran before on this very model: reuse their result
+        adapter = load_model(hit)
+        adapter.source = source
+        cached_reports = [{**r, "cached": str(hit)} for r in read_reports(hit)]
     t_start = time.perf_counter()
     with atomic_directory(output, force=force) as tmp, tempfile.TemporaryDirectory(prefix="edgevlp-compress-") as work:
         state = CompressState(adapter=adapter, out=tmp, work=Path(work), teacher=teacher_adapter,
                               progress=progress, checkpoints=checkpoints, resume=resume)
-        stages = []
-        for name, stage in zip(effective.stage_names(), effective.stages):
+        stages = list(cached_reports)
+        for i, (name, stage) in enumerate(zip(effective.stage_names(), effective.stages)):
+            if i < len(cached_reports):
+                continue
             t0 = time.perf_counter()
             details = apply_stage(state, stage)
             stages.append({"stage": name, "seconds": round(time.perf_counter() - t0, 2), **details})
+            if key is not None and hit is None and i == prefix - 1:
+                stored = store(key, adapter, stages, source)
+                state.log(f"stages {', '.join(effective.stage_names()[:prefix])} cached as {stored}"
+                          if stored else "could not write the stage cache (continuing)")
         adapter.save_pretrained(tmp / "model")
         if recipe_file is not None and effective == loaded:
             shutil.copyfile(recipe_file, tmp / "recipe.toml")
@@ -122,6 +139,7 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
         report = {
             "format": "edgevlp-compress-report", "model": source, "family": adapter.family,
             "metric": _metric_summary(metric_before, metric_after, eval_data, eval_n),
+            "stage_cache": {"key": key, "reused": str(hit) if hit else None} if key else None,
             "recipe": effective.name, "recipe_file": str(recipe_file) if recipe_file else None,
             "calibration_override": calib,
             "parameters": {"before": params_before, "after": adapter.parameter_counts()},

@@ -81,8 +81,9 @@ def nonfinite_tensors(path: Path, feeds: list) -> set[str]:
 def apply(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
     """Quantise every graph of ``state.adapter`` as ``cfg`` says; returns the stage's report."""
     if cfg.method == "qat":
-        raise NotAvailableYet("quant method 'qat' is not available yet: quantisation-aware training lands "
-                              "with issue #8; use method 'ptq_static' (recipes/int8-ptq.toml)")
+        from edgevlp.compress.qat import apply as qat
+
+        return qat(state, cfg)
     if cfg.fallback is not None and cfg.fallback.min_cosine is None:
         raise NotAvailableYet("a fallback on max_metric_drop alone is not available yet (task-metric "
                               "fallback lands with issue #8); set fallback.min_cosine")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -209,7 +210,8 @@ def run(recipe: Recipe, s: TrainSettings, out: Path, *, resume: bool = False,
         ema = value if ema is None else 0.98 * ema + 0.02 * value
         seen += s.batch_size
         rate = seen / max(time.time() - t_rate, 1e-9)
-        bar.set_postfix(loss=f"{ema:.3f}", img_s=f"{rate:.1f}", refresh=False)
+        terms = {k: f"{v:.3f}" for k, v in extra.items() if isinstance(v, float)}
+        bar.set_postfix(loss=f"{ema:.3f}", **terms, img_s=f"{rate:.1f}", refresh=False)
         bar.update(1)
         done = step + 1
         record: dict[str, Any] = {"step": done, "loss": round(value, 5), "lr": _lr_at(step, s), **extra}
@@ -220,7 +222,8 @@ def run(recipe: Recipe, s: TrainSettings, out: Path, *, resume: bool = False,
             model.train()
             record["eval"] = metrics
             result.last_eval = metrics
-            bar.write(f"step {done}: loss {ema:.4f}, " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+            bar.write(f"step {done}: loss {ema:.4f}, " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
+                      file=sys.stderr)
             if on_eval:
                 on_eval(done, metrics)
         with log_path.open("a") as f:
