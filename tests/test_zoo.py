@@ -4,6 +4,7 @@ lists the models. The shipped models are part of the repo, so these tests never 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import torch
 from edgevlp.cli import main
 from edgevlp.data import dataset, parse_caption
 from edgevlp.models import ZOO_DIR, load_model
+
+REPO = Path(__file__).resolve().parent.parent
 
 SHIPPED = ("demo-blip", "demo-owlvit")
 
@@ -142,3 +145,21 @@ def test_zoo_listing_does_not_import_torch() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "0 []"
+
+
+@pytest.mark.parametrize("name", ["demo-blip", "demo-owlvit"])
+def test_shipped_stage_cache_matches_the_flagship_recipe(name) -> None:
+    """`make demo` runs recipes/prune30-kd-int8.toml: its prune + distill result for each demo model is
+    shipped, so the key of (shipped model, flagship training stages) must find it, and it must be the
+    pruned model (non-uniform shapes, fewer parameters) with the report of the run that made it."""
+    from edgevlp.compress.cache import SHIPPED, cacheable_prefix, read_reports, stage_key
+    from edgevlp.compress.recipe import load_recipe
+    stages = load_recipe(REPO / "recipes" / "prune30-kd-int8.toml").stages
+    prefix = cacheable_prefix(stages)
+    assert prefix == 2
+    entry = SHIPPED / stage_key(ZOO_DIR / name, stages[:prefix])
+    assert (entry / "stages.json").is_file(), f"no shipped stage cache for {name}: refresh it (DEVELOPERS.md)"
+    reports = read_reports(entry)
+    assert [r["stage"] for r in reports] == ["prune", "distill"] and reports[1]["steps"] == stages[1].steps
+    pruned, original = load_model(entry), load_model(name)
+    assert pruned.parameter_counts()["total"] < 0.8 * original.parameter_counts()["total"]

@@ -192,8 +192,27 @@ def format_report(r: dict[str, Any]) -> str:
     p0, p1 = r["parameters"]["before"]["total"], r["parameters"]["after"]["total"]
     lines = [f"compressed   {r['model']} ({r['family']}) with recipe {r['recipe']} in {r['seconds']:.1f}s",
              f"parameters   {p0:,} -> {p1:,} ({p1 / p0:.1%})"]
+    m = r.get("metric")
+    if m:
+        lines.append(f"metric       {m['data']} ({m['images']} images), before -> after: " + ", ".join(
+            f"{k} {m['before'][k]:.4f} -> {m['after'][k]:.4f} ({m['after_over_before'].get(k, 0):.1%})"
+            for k in m["before"] if k in m["after"]))
     for st in r["stages"]:
-        lines.append(f"stage        {st['stage']}: {st['seconds']:.1f}s")
+        cached = " (reused from the stage cache)" if st.get("cached") else ""
+        lines.append(f"stage        {st['stage']}: {st['seconds']:.1f}s{cached}")
+        if st["stage"] == "prune":
+            for part, targets in st.get("parts", {}).items():
+                for target, t in targets.items():
+                    per = "/".join(str(a) for _, a in t["per_module"].values())
+                    lines.append(f"  {part} {target}: {t['before']} -> {t['after']} (per module {per})")
+            lines.append(f"  importance {st['importance']} ({st['scope']})")
+            continue
+        if st["stage"] == "distill":
+            last = st.get("loss_last_20_steps", {})
+            lines.append(f"  {st['steps']} steps on {st['data']}; loss terms first batch -> last 20 steps: "
+                         + ", ".join(f"{k} {st['loss_first_batch'][k]:.4f} -> {last.get(k, float('nan')):.4f}"
+                                     for k in ("task", "kd", "hidden")))
+            continue
         if st["stage"] != "quant":
             continue
         cal = st["calibration"]

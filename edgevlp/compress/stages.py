@@ -1,6 +1,6 @@
 """The stage registry: one handler per config type, looked up in a table and imported lazily.
 
-A new stage type (or the implementation of a planned one) is one module with an
+A new stage type is one module with an
 ``apply(state, config) -> dict`` function plus one row in :data:`HANDLERS`. A handler mutates
 ``state`` (the torch model, the quantised graphs) and returns the details it wants in the report.
 """
@@ -16,7 +16,7 @@ from edgevlp.errors import NotAvailableYet
 if TYPE_CHECKING:
     from edgevlp.compress.state import CompressState
 
-__all__ = ["HANDLERS", "PLANNED", "apply_stage"]
+__all__ = ["HANDLERS", "apply_stage"]
 
 #: config type -> "module:function" applying it.
 HANDLERS: dict[type, str] = {
@@ -24,21 +24,16 @@ HANDLERS: dict[type, str] = {
     PruneConfig: "edgevlp.compress.prune:apply",
     DistillConfig: "edgevlp.compress.distill:apply",
 }
-#: config types whose handler has not landed yet -> what is missing (shown in the error).
-PLANNED: dict[type, str] = {
-}
-ISSUE = 8
 
 
 def apply_stage(state: "CompressState", config: Any) -> dict[str, Any]:
     """Apply one recipe stage to ``state``; returns the handler's report details.
 
     Raises:
-        NotAvailableYet: the config type has no handler yet (the message names the issue).
+        NotAvailableYet: the config type has no handler (a stage type from a newer edgevlp).
     """
     target = HANDLERS.get(type(config))
     if target is None:
-        what = PLANNED.get(type(config), f"stage type {type(config).__name__}")
-        raise NotAvailableYet(f"recipe stage {type(config).__name__} is not available yet: {what} lands "
-                              f"with issue #{ISSUE}; use a recipe without it (e.g. recipes/int8-ptq.toml)")
+        raise NotAvailableYet(f"recipe stage type {type(config).__name__} has no handler in this version of "
+                              f"edgevlp; known: {', '.join(t.__name__ for t in HANDLERS)}")
     return import_object(target)(state, config)

@@ -35,6 +35,8 @@ WRITERS: dict[str, str] = {
 }
 #: Written by `edgevlp compress` beside its output: recipe, and optionally QDQ ONNX graphs by role.
 COMPRESSION_FILE = "compression.json"
+#: INT8 outputs also pass parity when their cosine to the source reaches this (see parity._Diffs).
+INT8_MIN_COSINE = 0.99
 
 
 def _source_record(model: str | os.PathLike[str] | ModelAdapter, model_dir: Path | None) -> dict[str, Any]:
@@ -175,7 +177,8 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
             with steps.stage("parity", "(source model vs exported graphs on 2 photos)"):
                 manifest.parity = check_parity(
                     adapter, manifest, atol=atol, rtol=rtol, new_tokens=20,
-                    require_identical_tokens=precision == "fp32" and not (qdq or ov_ir))
+                    require_identical_tokens=precision == "fp32" and not (qdq or ov_ir),
+                    min_cosine=INT8_MIN_COSINE if precision == "int8" else None)
             manifest.verified = True
         manifest.export["stage_seconds"] = {k: round(v, 2) for k, v in steps.seconds.items()}
         return manifest

@@ -49,8 +49,13 @@ def parity_pixels(spec: PreprocessSpec, photos: dict[str, np.ndarray]) -> np.nda
 
 @dataclass
 class _Diffs:
+    """Worst max |diff| per output over the parity runs, against ``atol + rtol * max|source|``; with
+    ``min_cosine`` (INT8), an output also passes when its cosine similarity to the source reaches it:
+    quantisation noise is judged by its energy, not by the one element that rounds worst."""
+
     atol: float
     rtol: float
+    min_cosine: float | None = None
 
     def __post_init__(self) -> None:
         self.outputs: dict[str, dict[str, Any]] = {}
@@ -63,10 +68,13 @@ class _Diffs:
         diff = float(np.abs(got - ref).max()) if ref.size else 0.0
         scale = float(np.abs(ref).max()) if ref.size else 0.0
         allowed = self.atol + self.rtol * scale
+        denom = float(np.linalg.norm(ref) * np.linalg.norm(got))
+        cosine = float((ref.ravel() @ got.ravel()) / denom) if denom > 0 else float(np.array_equal(ref, got))
         prev = self.outputs.get(name)
-        if prev is None or diff > prev["max_abs_diff"]:
+        ok = diff <= allowed or (self.min_cosine is not None and cosine >= self.min_cosine)
+        if prev is None or not ok or (prev["ok"] and diff > prev["max_abs_diff"]):
             self.outputs[name] = {"max_abs_diff": diff, "max_abs_source": scale, "allowed": allowed,
-                                  "ok": diff <= allowed}
+                                  "cosine": round(cosine, 6), "ok": ok}
 
 
 def _captioner_parity(adapter: CaptionerAdapter, model: Captioner, pixels: np.ndarray, diffs: _Diffs,
@@ -105,16 +113,18 @@ def _detector_parity(adapter: DetectorAdapter, model: Detector, pixels: np.ndarr
 
 
 def check_parity(adapter: ModelAdapter, manifest: Manifest, *, atol: float, rtol: float,
-                 new_tokens: int = 20, require_identical_tokens: bool = True) -> dict[str, Any]:
+                 new_tokens: int = 20, require_identical_tokens: bool = True,
+                 min_cosine: float | None = None) -> dict[str, Any]:
     """Run the bundle at ``manifest.path`` and the source model; raise :class:`ExportError` naming the
-    first output beyond tolerance. Returns the record written into the manifest."""
+    first output beyond tolerance (``min_cosine``: see :class:`_Diffs`). Returns the record written
+    into the manifest."""
     assert manifest.path is not None
     backend = choose_backend(manifest)
     sessions = {role: backend.open(manifest.path, g) for role, g in manifest.graphs.items()}
     tokenizer = BundleTokenizer.from_file(manifest.path / manifest.tokenizer["file"])
     photos = parity_photos()
     pixels = parity_pixels(PreprocessSpec.from_dict(manifest.preprocess), photos)
-    diffs = _Diffs(atol, rtol)
+    diffs = _Diffs(atol, rtol, min_cosine)
     # Graphs made static (batch 1) for TensorRT take the photos one at a time.
     first = next(iter(manifest.graphs.values())).inputs[0]
     batches = [pixels] if isinstance(first.shape[0], str) else [pixels[i:i + 1] for i in range(len(pixels))]
@@ -131,16 +141,18 @@ def check_parity(adapter: ModelAdapter, manifest: Manifest, *, atol: float, rtol
         else:
             assert isinstance(adapter, DetectorAdapter)
             extra = _detector_parity(adapter, Detector(manifest, sessions, tokenizer), batch, diffs)
-    record = {"backend": backend.name, "images": list(photos), "tolerance": {"atol": atol, "rtol": rtol},
+    tolerance = {"atol": atol, "rtol": rtol, **({"or_min_cosine": min_cosine} if min_cosine is not None else {})}
+    record = {"backend": backend.name, "images": list(photos), "tolerance": tolerance,
               "outputs": diffs.outputs, **extra}
     bad = [(n, o) for n, o in diffs.outputs.items() if not o["ok"]]
     tokens_bad = require_identical_tokens and extra.get("greedy_tokens_identical") is False
     record["passed"] = not bad and not tokens_bad
     if bad:
         name, o = bad[0]
+        cos = f" and cosine {o['cosine']:.4f} < {min_cosine}" if min_cosine is not None else ""
         raise ExportError(f"parity failed for output {name!r}: max |exported - source| = "
                           f"{o['max_abs_diff']:.3g} > allowed {o['allowed']:.3g} (atol {atol} + rtol "
-                          f"{rtol} x {o['max_abs_source']:.3g}); use a higher precision or "
+                          f"{rtol} x {o['max_abs_source']:.3g}){cos}; use a higher precision or "
                           "--skip-parity to write an unverified bundle")
     if tokens_bad:
         raise ExportError(f"parity failed: greedy decoding of {new_tokens} tokens differs from "
