@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from edgevlp.compress.recipe import DistillConfig
-from edgevlp.compress.signals import (caption_ids, detector_outputs, pseudo_captions, teacher_forced_logits,
-                                      token_mask, vision_tower)
-from edgevlp.compress.signals import bernoulli_kl
+from edgevlp.compress.signals import (bernoulli_kl, caption_ids, detector_outputs, pseudo_captions,
+                                      teacher_forced_logits, token_mask, vision_tower)
 from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
 from edgevlp.models.base import CaptionerAdapter, ModelAdapter

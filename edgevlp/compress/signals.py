@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
 
-__all__ = ["Batch", "load_batches", "teacher_forced_logits", "pseudo_captions", "detector_outputs",
-           "vision_hidden_states", "token_mask"]
+__all__ = ["Batch", "load_batches", "teacher_forced_logits", "pseudo_captions", "caption_ids", "detector_outputs",
+           "vision_tower", "token_mask", "bernoulli_kl"]
 
 
 @dataclass
@@ -100,12 +100,6 @@ def vision_tower(adapter: ModelAdapter) -> torch.nn.Module:
     if isinstance(adapter, DetectorAdapter):
         return getattr(m, adapter.backbone).vision_model
     return getattr(m, "vision_model", None) or m.encoder
-
-
-def vision_hidden_states(adapter: ModelAdapter, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Hidden states after every vision layer (embeddings excluded)."""
-    out = vision_tower(adapter)(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
-    return tuple(out.hidden_states[1:])
 
 
 def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -244,7 +243,8 @@ def mention_recall(samples: Sequence[Sample], texts: Sequence[str]) -> dict[str,
 
 
 # ------------------------------------------------------------------------------------- evaluate
-def evaluate(model_or_bundle: "str | os.PathLike[str] | ModelAdapter", data: str = "shapes:val", n: int | None = None, *,
+def evaluate(model_or_bundle: str | os.PathLike[str] | ModelAdapter, data: str = "shapes:val",
+             n: int | None = None, *,
              batch_size: int = 32, max_new_tokens: int = 40, progress: bool = True,
              backend: str | None = None) -> dict[str, Any]:
     """Metrics of a model (dir, zoo name, hub id, or a loaded adapter) or bundle on ``data``.

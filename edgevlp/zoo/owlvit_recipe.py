@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor
