@@ -83,6 +83,10 @@ def _format_model_summary(s: dict[str, Any]) -> str:
     lines.append(f"tokenizer    {tok['type']}, {tok['vocab_size']:,} tokens ({specials})")
     if "generation" in s:
         lines.append("generation   " + ", ".join(f"{k}={v}" for k, v in s["generation"].items()))
+    if s.get("pruning"):
+        lines.append("pruned       " + "; ".join(
+            f"{kind}: {len(kept)} modules pruned, kept {'/'.join(str(n) for n in kept.values())}"
+            for kind, kept in s["pruning"].items() if kept))
     return "\n".join(lines)
 
 

@@ -70,6 +70,9 @@ def test_prune_removes_the_fraction_reloads_and_exports(arch, tmp_path, photos_b
 
     reloaded = load_model(tmp_path / "o" / "model")
     assert _units(reloaded.model) == after_units
+    pruning = reloaded.summary()["pruning"]  # what `edgevlp info` prints
+    assert pruning["heads"] and pruning["neurons"]
+    assert all(after_units[path] == n for kind in pruning.values() for path, n in kind.items())
     px = _pixels(adapter, photos_bgr)
     ref, got = _outputs(adapter, px), _outputs(reloaded, px)
     _assert_input_dependent(ref)

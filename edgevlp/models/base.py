@@ -219,11 +219,18 @@ class ModelAdapter(ABC):
             "image_size": [spec.input_shape[2], spec.input_shape[3]],
             "preprocessing": spec.to_dict(),
             "tokenizer": self.tokenizer_summary(),
+            **self._pruning_summary(),
             **self._extra_summary(),
         }
 
     def _extra_summary(self) -> dict[str, Any]:
         return {}
+
+    def _pruning_summary(self) -> dict[str, Any]:
+        from edgevlp.models.pruning import pruned_shapes
+
+        shapes = pruned_shapes(self.model)
+        return {"pruning": shapes} if any(shapes.values()) else {}
 
     # --------------------------------------------------------------------------------- reference
     @abstractmethod
