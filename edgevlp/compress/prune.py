@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from edgevlp.compress.recipe import PruneConfig
-from edgevlp.compress.signals import (Batch, detector_outputs, load_batches, pseudo_captions,
+from edgevlp.compress.signals import (Batch, detector_outputs, load_batches, pseudo_captions, run_task,
                                       teacher_forced_logits, token_mask)
 from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
@@ -59,16 +59,20 @@ def _units(g: Group) -> int:
     return g.heads if isinstance(g, AttentionGroup) else g.neurons
 
 
+def _reader(model: torch.nn.Module, g: Group) -> tuple[torch.nn.Module, int]:
+    """The linear layer whose input holds ``g``'s units, and how many input features each unit spans."""
+    if isinstance(g, AttentionGroup):
+        return head_output_linear(model, g), g.head_dim
+    return neuron_output_linear(model, g), 1
+
+
 def _gates(model: torch.nn.Module, groups: list[Group]) -> tuple[dict[str, torch.Tensor], list[Any]]:
     """A gate of ones per unit, multiplied into the input of the linear that reads the units."""
     gates, handles = {}, []
     for g in groups:
         gate = torch.ones(_units(g), requires_grad=True)
         gates[g.path] = gate
-        if isinstance(g, AttentionGroup):
-            layer, width = head_output_linear(model, g), g.head_dim
-        else:
-            layer, width = neuron_output_linear(model, g), 1
+        layer, width = _reader(model, g)
 
         def hook(module: Any, args: tuple[Any, ...], gate: torch.Tensor = gate, width: int = width) -> Any:
             return (args[0] * gate.repeat_interleave(width), *args[1:])
@@ -127,10 +131,9 @@ def _weight_norms(model: torch.nn.Module, g: Group) -> torch.Tensor:
     """L2 norm per unit of the weights that read it (its output's scale)."""
     from transformers.pytorch_utils import Conv1D
 
-    layer = head_output_linear(model, g) if isinstance(g, AttentionGroup) else neuron_output_linear(model, g)
+    layer, width = _reader(model, g)
     w = layer.weight.detach()
     w = w if isinstance(layer, Conv1D) else w.T  # (inputs = units x width, outputs)
-    width = g.head_dim if isinstance(g, AttentionGroup) else 1
     return w.reshape(_units(g), width * w.shape[1]).norm(dim=1)
 
 
@@ -138,8 +141,7 @@ def _accumulate_activations(adapter: ModelAdapter, model: torch.nn.Module, group
                             scores: dict[str, torch.Tensor]) -> None:
     handles = []
     for g in groups:
-        layer = head_output_linear(model, g) if isinstance(g, AttentionGroup) else neuron_output_linear(model, g)
-        width = g.head_dim if isinstance(g, AttentionGroup) else 1
+        layer, width = _reader(model, g)
 
         def hook(module: Any, args: tuple[Any, ...], path: str = g.path, n: int = _units(g), width: int = width) -> None:
             x = args[0].detach().abs().reshape(-1, n, width).mean(dim=(0, 2))
@@ -148,11 +150,7 @@ def _accumulate_activations(adapter: ModelAdapter, model: torch.nn.Module, group
         handles.append(layer.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            if isinstance(adapter, CaptionerAdapter):
-                ids = pseudo_captions(adapter, batch.pixel_values)
-                teacher_forced_logits(adapter, batch.pixel_values, ids)
-            else:
-                detector_outputs(adapter, batch.pixel_values, batch.phrases)
+            run_task(adapter, batch)
     finally:
         for h in handles:
             h.remove()

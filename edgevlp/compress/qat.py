@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
 from edgevlp.compress.recipe import QuantConfig
-from edgevlp.compress.signals import load_batches
+from edgevlp.compress.signals import load_batches, run_task
 from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
 
@@ -128,7 +128,7 @@ def apply(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
             q.observing = True
         with torch.no_grad():
             for batch in load_batches(state.adapter, cfg.calibration.source, cfg.calibration.size, 8):
-                _observe(state, batch)
+                run_task(state.adapter, batch)
         for q in quantizers:
             q.observing = False
         state.log(f"qat: fake quantisation on {len(layers)} linear layers, ranges from "
@@ -142,13 +142,3 @@ def apply(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
     return {**report, "method": "qat", "qat": {"fake_quant_layers": len(layers), "training": trained,
                                                "export": "trained FP32 weights -> static QDQ (ptq_static path)"}}
 
-
-def _observe(state: CompressState, batch: Any) -> None:
-    from edgevlp.compress.signals import detector_outputs, pseudo_captions
-    from edgevlp.models.base import CaptionerAdapter
-
-    adapter = state.adapter
-    if isinstance(adapter, CaptionerAdapter):
-        pseudo_captions(adapter, batch.pixel_values)
-    else:
-        detector_outputs(adapter, batch.pixel_values, batch.phrases)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
 
 __all__ = ["Batch", "load_batches", "teacher_forced_logits", "pseudo_captions", "caption_ids", "detector_outputs",
-           "vision_tower", "token_mask", "bernoulli_kl"]
+           "vision_tower", "token_mask", "run_task", "bernoulli_kl"]
 
 
 @dataclass
@@ -92,6 +92,15 @@ def detector_outputs(adapter: DetectorAdapter, pixel_values: torch.Tensor, promp
     queries = adapter.text_embeddings(text["input_ids"], text["attention_mask"])
     logits = (heads["class_embeds"] @ queries.T + heads["logit_shift"]) * heads["logit_scale"]
     return logits, heads["pred_boxes"], heads
+
+
+def run_task(adapter: ModelAdapter, batch: Batch) -> None:
+    """One forward pass of ``adapter`` over ``batch`` as deployed (for hooks that observe activations):
+    the model's own caption teacher-forced, or the detector on the batch's phrases."""
+    if isinstance(adapter, CaptionerAdapter):
+        teacher_forced_logits(adapter, batch.pixel_values, pseudo_captions(adapter, batch.pixel_values))
+    else:
+        detector_outputs(adapter, batch.pixel_values, batch.phrases)
 
 
 def vision_tower(adapter: ModelAdapter) -> torch.nn.Module:
