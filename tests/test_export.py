@@ -41,7 +41,7 @@ def test_bundle_is_valid_and_equal_to_source(exported, arch, target) -> None:
         assert out["ok"] and out["max_abs_diff"] <= out["allowed"], name
         assert out["max_abs_source"] > 0.1, f"{name}: source output is ~0, parity would be vacuous"
     if manifest.task == "caption":
-        assert set(manifest.graphs) == {"vision_encoder", "text_decoder"}
+        assert set(manifest.graphs) == {"vision_encoder", "cross_kv", "text_decoder"}
         assert manifest.parity["greedy_tokens_identical"] is True
         ids = np.asarray(manifest.parity["source_token_ids"])
         assert ids.shape[1] >= 2 and not (ids[0] == ids[1]).all(), "both photos gave the same caption"
@@ -211,8 +211,15 @@ def test_jetson_script_matches_graphs(exported) -> None:
                 assert a <= b <= c
                 if isinstance(d, int) and d > 0:
                     assert a == b == c == d, (name, dims, lo)
+        if graph.role == "cross_kv":  # image length fixed by the vision graph: one shape
+            enc = shapes["encoder_hidden_states"]
+            image_tokens = manifest.graphs["vision_encoder"].outputs[0].shape[1]
+            assert enc[0] == enc[1] == enc[2] and enc[0][:2] == [1, image_tokens]
+            continue
         past = shapes["past_key_values.0.key"]
         assert past[0][2] == 0 and past[2][2] >= 20  # first step (empty cache) .. max_new_tokens
+        cross = shapes["cross_attention.0.key"]
+        assert cross[0] == cross[2] and cross[0][2] == manifest.graphs["vision_encoder"].outputs[0].shape[1]
         assert onnx_inputs["input_ids"][0] == 1  # orin-nano profile: static batch 1
     assert manifest.export["tensorrt"]["engines_built_in_process"] is False  # no TensorRT here
 

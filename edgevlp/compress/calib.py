@@ -1,7 +1,9 @@
 """Calibration data: real frames through the runtime's preprocessing, turned into feeds per graph.
 
-Sources: ``shapes:SPLIT`` (procedural scenes, with their phrases), a folder of images, or
-``coco:PATH`` (images and the phrases of their boxes). Every frame goes through
+Sources: ``shapes:SPLIT`` (procedural scenes, with their phrases), a folder of images,
+``coco:PATH`` (images and the phrases of their boxes) or ``photos`` (the real photos bundled with
+scikit-image / scikit-learn, :mod:`edgevlp.compress._photos`; ``auto``, the shipped recipes' source,
+is resolved to ``shapes:train`` or ``photos`` per model before loading). Every frame goes through
 :func:`edgevlp.runtime.preprocess.preprocess` with the adapter's :class:`PreprocessSpec`, exactly as
 at run time. The text decoder is calibrated on the inputs of every step of a real greedy decode with
 the FP32 graphs (so its KV cache holds what it will hold at run time); a detector's text graph on the
@@ -59,6 +61,13 @@ def load_frames(source: str, n: int, start: int = 0, *, size: int = 224) -> list
         n = max(0, min(n, len(SPLITS[split]) - start))
         return [Frame(np.ascontiguousarray(s.image[..., ::-1]), tuple(s.phrases), f"{text}#{start + i}")
                 for i, s in enumerate(dataset(split, n, size=size, start=start))]
+    if text == "photos":
+        from edgevlp.compress._photos import bundled_photos
+
+        return [Frame(bgr, _FOLDER_PHRASES, f"photos:{name}") for name, bgr in bundled_photos(n, start)]
+    if text == "auto":
+        raise InputError("calibration source 'auto' is resolved per model by `edgevlp compress`; pass "
+                         "shapes:SPLIT, photos, coco:PATH or a folder of images here")
     if text.startswith("coco:"):
         from edgevlp.data import load_coco
 
@@ -67,8 +76,8 @@ def load_frames(source: str, n: int, start: int = 0, *, size: int = 224) -> list
                       s.image_path.name) for s in samples]
     folder = Path(text).expanduser()
     if not folder.is_dir():
-        raise InputError(f"calibration source {text!r} is neither shapes:SPLIT, coco:PATH nor a folder "
-                         "of images")
+        raise InputError(f"calibration source {text!r} is neither shapes:SPLIT, photos, coco:PATH nor a "
+                         "folder of images")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -90,29 +99,38 @@ def _pixels(adapter: ModelAdapter, frames: list[Frame]) -> list[np.ndarray]:
     return [np.ascontiguousarray(preprocess(f.bgr, spec)[0]) for f in frames]
 
 
-def _decoder_feeds(adapter: CaptionerAdapter, vision: Path, decoder: Path, pixels: list[np.ndarray],
-                   max_new_tokens: int) -> Feeds:
-    """Inputs of every step of a greedy FP32 decode (empty cache first), one image at a time."""
+def _decoder_feeds(adapter: CaptionerAdapter, graphs: dict[str, Path], pixels: list[np.ndarray],
+                   max_new_tokens: int) -> dict[str, Feeds]:
+    """Inputs of the per-image graphs after the vision encoder (``cross_kv``) and of every step of a
+    greedy FP32 decode (empty cache first), one image at a time."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    enc_sess = ort.InferenceSession(str(vision), opts, providers=["CPUExecutionProvider"])
-    dec_sess = ort.InferenceSession(str(decoder), opts, providers=["CPUExecutionProvider"])
+
+    def session(role: str) -> ort.InferenceSession:
+        return ort.InferenceSession(str(graphs[role]), opts, providers=["CPUExecutionProvider"])
+
+    enc_sess, dec_sess = session("vision_encoder"), session("text_decoder")
+    cross_sess = session("cross_kv") if "cross_kv" in graphs else None
     past_names = [i.name for i in dec_sess.get_inputs() if i.name.startswith("past_")]
     head_dim = adapter.kv_layout()[2]
     heads = [h for h in adapter.kv_heads() for _ in ("key", "value")]
     settings = adapter.generation_settings()
     start, eos = int(settings["decoder_start_token_id"]), settings.get("eos_token_id")
-    feeds: Feeds = []
+    feeds: dict[str, Feeds] = {"text_decoder": [], **({"cross_kv": []} if cross_sess else {})}
     for px in pixels:
         enc = enc_sess.run(None, {"pixel_values": px})[0]
+        context = {"encoder_hidden_states": enc}
+        if cross_sess is not None:
+            feeds["cross_kv"].append(context)
+            names = [o.name for o in cross_sess.get_outputs()]
+            context = dict(zip(names, cross_sess.run(names, context)))
         past = [np.zeros((1, h, 0, head_dim), np.float32) for h in heads]
         token = start
         for _ in range(max_new_tokens):
-            feed = {"input_ids": np.array([[token]], np.int64), "encoder_hidden_states": enc,
-                    **dict(zip(past_names, past))}
-            feeds.append(feed)
+            feed = {"input_ids": np.array([[token]], np.int64), **context, **dict(zip(past_names, past))}
+            feeds["text_decoder"].append(feed)
             logits, *present = dec_sess.run(None, feed)
             token = int(logits[0, -1].argmax())
             past = present
@@ -127,8 +145,7 @@ def build_feeds(adapter: ModelAdapter, graphs: dict[str, Path], frames: list[Fra
     pixels = _pixels(adapter, frames)
     if isinstance(adapter, CaptionerAdapter):
         return {"vision_encoder": [{"pixel_values": p} for p in pixels],
-                "text_decoder": _decoder_feeds(adapter, graphs["vision_encoder"], graphs["text_decoder"],
-                                               pixels, max_new_tokens)}
+                **_decoder_feeds(adapter, graphs, pixels, max_new_tokens)}
     if isinstance(adapter, DetectorAdapter):
         text = []
         for f in frames:

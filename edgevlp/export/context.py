@@ -30,5 +30,8 @@ class ExportContext:
     prequantized: bool = False
     notes: dict[str, Any] = field(default_factory=dict)
 
+    def graphs_by_role(self) -> dict[str, GraphSpec]:
+        return {g.role: g for g in self.graphs}
+
     def replace_graph(self, old: GraphSpec, new: GraphSpec) -> None:
         self.graphs[self.graphs.index(old)] = new

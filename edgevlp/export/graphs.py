@@ -9,7 +9,12 @@ Why one decoder graph instead of a first-step/with-past pair: the graph takes a 
 length ``past_sequence >= 0``; an empty cache (length 0) *is* the first step, since concatenating an empty
 past is the identity. One graph means the decoder weights are stored once (a pair doubles them, which
 hurts on an 8 GB Jetson), no ``If`` node (TensorRT handles control flow poorly) and one engine to build.
-Cross-attention keys/values are recomputed from ``encoder_hidden_states`` at every step.
+
+Cross-attention keys/values depend only on the image, so they are computed once per image by a small
+graph of their own, ``cross_kv`` (encoder states -> ``cross_attention.{i}.key/value`` per layer), and
+fed to every decoder step: the step graph holds no cross-attention key/value projection (at BLIP-base
+size those are ~8 GMAC per token, ~60x the rest of the step). Families whose decoder layout the adapter
+does not know (``cross_attention_kv`` is None) keep a step graph that takes ``encoder_hidden_states``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from edgevlp.bundle import TensorSpec
 from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
 
-__all__ = ["GraphExport", "graphs_for", "decoder_past_names"]
+__all__ = ["GraphExport", "graphs_for", "decoder_past_names", "cross_kv_names", "CROSS_PREFIX"]
+
+#: Name prefix of the cross-attention key/value tensors (outputs of ``cross_kv``, inputs of the decoder).
+CROSS_PREFIX = "cross_attention"
 
 
 @dataclass
@@ -49,6 +57,11 @@ def decoder_past_names(num_layers: int, prefix: str = "past_key_values") -> list
     return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
+def cross_kv_names(num_layers: int) -> list[str]:
+    """``cross_attention.0.key, cross_attention.0.value, ...``."""
+    return decoder_past_names(num_layers, CROSS_PREFIX)
+
+
 class _VisionEncoder(torch.nn.Module):
     def __init__(self, adapter: CaptionerAdapter) -> None:
         super().__init__()
@@ -59,8 +72,35 @@ class _VisionEncoder(torch.nn.Module):
         return self._encode(pixel_values)
 
 
+class _CrossKV(torch.nn.Module):
+    """Encoder states -> every decoder layer's cross-attention key and value, flat."""
+
+    def __init__(self, adapter: CaptionerAdapter) -> None:
+        super().__init__()
+        self.model = adapter.model
+        self._kv = adapter.cross_attention_kv
+
+    def forward(self, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t for kv in self._kv(encoder_hidden_states) for t in kv)  # type: ignore[union-attr]
+
+
+def _self_cache(past: tuple[torch.Tensor, ...], num_layers: int) -> DynamicCache:
+    cache = DynamicCache()
+    for i in range(num_layers):
+        cache.update(past[2 * i], past[2 * i + 1], i)
+    return cache
+
+
+def _present(cache: EncoderDecoderCache, num_layers: int) -> list[torch.Tensor]:
+    present: list[torch.Tensor] = []
+    for layer in cache.self_attention_cache.layers[:num_layers]:
+        present += [layer.keys, layer.values]
+    return present
+
+
 class _KVDecoder(torch.nn.Module):
-    """Flat-tensor wrapper around ``adapter.decode_step`` with an explicit self-attention cache."""
+    """Flat-tensor wrapper around ``adapter.decode_step`` with an explicit self-attention cache; the
+    cross-attention keys/values are recomputed from ``encoder_hidden_states`` (legacy layout)."""
 
     def __init__(self, adapter: CaptionerAdapter) -> None:
         super().__init__()
@@ -70,15 +110,28 @@ class _KVDecoder(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self_cache = DynamicCache()
-        for i in range(self.num_layers):
-            self_cache.update(past[2 * i], past[2 * i + 1], i)
         logits, cache = self._step(input_ids, encoder_hidden_states,
-                                   EncoderDecoderCache(self_cache, DynamicCache()))
-        present: list[torch.Tensor] = []
-        for layer in cache.self_attention_cache.layers[: self.num_layers]:
-            present += [layer.keys, layer.values]
-        return (logits, *present)
+                                   EncoderDecoderCache(_self_cache(past, self.num_layers), DynamicCache()))
+        return (logits, *_present(cache, self.num_layers))
+
+
+class _CrossKVDecoder(torch.nn.Module):
+    """One decoder step: token ids + self-attention cache + precomputed cross-attention keys/values
+    (inputs after the ``2 * num_layers`` cache tensors) -> logits + grown self-attention cache."""
+
+    def __init__(self, adapter: CaptionerAdapter) -> None:
+        super().__init__()
+        self.model = adapter.model
+        self._step = adapter.decode_with_cross_kv
+        self.num_layers = adapter.kv_layout()[0]
+
+    def forward(self, input_ids: torch.Tensor, *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = self.num_layers
+        cache = EncoderDecoderCache(_self_cache(kv[: 2 * n], n), _self_cache(kv[2 * n:], n))
+        for i in range(n):  # the cross cache is filled: every layer reuses it
+            cache.is_updated[i] = True
+        logits, cache = self._step(input_ids, cache)
+        return (logits, *_present(cache, n))
 
 
 class _ImageHeads(torch.nn.Module):
@@ -113,6 +166,7 @@ def _captioner_graphs(adapter: CaptionerAdapter) -> list[GraphExport]:
     _, c, h, w = pixels.shape
     with torch.no_grad():
         enc = adapter.encode_image(pixels)
+        cross = adapter.cross_attention_kv(enc)
     _, enc_len, enc_dim = enc.shape
     layers, _, head_dim = adapter.kv_layout()
     heads = [h for h in adapter.kv_heads() for _ in ("key", "value")]  # per layer (pruning may differ)
@@ -134,16 +188,26 @@ def _captioner_graphs(adapter: CaptionerAdapter) -> list[GraphExport]:
                   for n, h in zip(decoder_past_names(layers), heads))
     kv_out = tuple(TensorSpec(n, "float32", ("batch", h, "total_sequence", head_dim))
                    for n, h in zip(decoder_past_names(layers, "present"), heads))
+    ids_in = TensorSpec("input_ids", "int64", ("batch", "sequence"))
+    outputs = (TensorSpec("logits", "float32", ("batch", "sequence", vocab or "vocab")), *kv_out)
+    if cross is None:
+        decoder = GraphExport(
+            role="text_decoder", module=_KVDecoder(adapter), example_inputs=(ids, enc, *past),
+            inputs=(ids_in, TensorSpec("encoder_hidden_states", "float32",
+                                       ("batch", "encoder_sequence", enc_dim)), *kv_in),
+            outputs=outputs)
+        return [vision, decoder]
+    cross_flat = tuple(t for kv in cross for t in kv)
+    cross_specs = tuple(TensorSpec(n, "float32", ("batch", int(t.shape[1]), "encoder_sequence", int(t.shape[3])))
+                        for n, t in zip(cross_kv_names(layers), cross_flat))
+    cross_graph = GraphExport(
+        role="cross_kv", module=_CrossKV(adapter), example_inputs=(enc,),
+        inputs=(TensorSpec("encoder_hidden_states", "float32", ("batch", "encoder_sequence", enc_dim)),),
+        outputs=cross_specs)
     decoder = GraphExport(
-        role="text_decoder",
-        module=_KVDecoder(adapter),
-        example_inputs=(ids, enc, *past),
-        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),
-                TensorSpec("encoder_hidden_states", "float32", ("batch", "encoder_sequence", enc_dim)),
-                *kv_in),
-        outputs=(TensorSpec("logits", "float32", ("batch", "sequence", vocab or "vocab")), *kv_out),
-    )
-    return [vision, decoder]
+        role="text_decoder", module=_CrossKVDecoder(adapter), example_inputs=(ids, *past, *cross_flat),
+        inputs=(ids_in, *kv_in, *cross_specs), outputs=outputs)
+    return [vision, cross_graph, decoder]
 
 
 def _detector_graphs(adapter: DetectorAdapter) -> list[GraphExport]:

@@ -85,8 +85,16 @@ def _captioner_parity(adapter: CaptionerAdapter, model: Captioner, pixels: np.nd
         ref_logits = adapter.forward(px)["logits"].numpy()
     enc = model.encode(pixels)
     diffs.add("encoder_hidden_states", enc, ref_enc)
+    context = model.decoder_context(enc)
+    if model.cross_kv is not None:
+        with torch.no_grad():
+            ref_cross = adapter.cross_attention_kv(torch.from_numpy(ref_enc)) or []
+        got = [context[name] for name in model.cross_kv.output_names]
+        ref = [t.numpy() for kv in ref_cross for t in kv]
+        diffs.add("cross_attention_kv", np.concatenate([g.ravel() for g in got]),
+                  np.concatenate([r.ravel() for r in ref]))
     start = int(model.generation["decoder_start_token_id"])
-    feeds = {"input_ids": np.full((pixels.shape[0], 1), start, np.int64), "encoder_hidden_states": enc}
+    feeds = {"input_ids": np.full((pixels.shape[0], 1), start, np.int64), **context}
     feeds.update(model.empty_cache(pixels.shape[0]))
     diffs.add("logits", model.decoder.run(feeds)["logits"], ref_logits)
     ref_ids = adapter.generate(px, max_new_tokens=new_tokens).numpy()

@@ -41,6 +41,7 @@ def load_model(model: str | os.PathLike[str]) -> "ModelAdapter":
     return adapter_class(arch).from_pretrained(model_dir, source=os.fspath(model))
 
 
-def tiny_adapter(architecture: str, seed: int = 0) -> "ModelAdapter":
-    """A tiny random model of ``architecture`` (for tests and smoke demos)."""
-    return adapter_class(architecture).tiny(seed=seed)
+def tiny_adapter(architecture: str, seed: int = 0, **layout: str) -> "ModelAdapter":
+    """A tiny random model of ``architecture`` (for tests and smoke demos); ``layout=...`` picks one of
+    the family's structural variants (``TINY_LAYOUTS``), where it has several."""
+    return adapter_class(architecture).tiny(seed=seed, **layout)

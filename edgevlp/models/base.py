@@ -264,10 +264,41 @@ class CaptionerAdapter(ModelAdapter):
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The vision graph: pixel_values -> encoder hidden states, exactly as ``generate`` uses them."""
 
-    @abstractmethod
     def decode_step(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
                     cache: Any) -> tuple[torch.Tensor, Any]:
-        """One decoder call with an ``EncoderDecoderCache``: ``(logits, updated cache)``."""
+        """One decoder call with an ``EncoderDecoderCache``: ``(logits, updated cache)``.
+
+        ``encoder_hidden_states`` are the vision graph's output; a cross-attention cache that already
+        holds every layer's keys/values (see :meth:`cross_attention_kv`) is used as is."""
+        return self.decoder_call(input_ids, self.project_encoder(encoder_hidden_states), cache)
+
+    def project_encoder(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """Encoder states in the decoder's width (identity unless the family has a projection)."""
+        return encoder_hidden_states
+
+    @abstractmethod
+    def decoder_call(self, input_ids: torch.Tensor, encoder_states: torch.Tensor,
+                     cache: Any) -> tuple[torch.Tensor, Any]:
+        """The decoder module on already projected encoder states: ``(logits, updated cache)``."""
+
+    def cross_attention_kv(self, encoder_hidden_states: torch.Tensor
+                           ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per decoder layer, the cross-attention ``(key, value)``, each ``(batch, heads, encoder_sequence,
+        head_dim)``, exactly as the decoder computes them from ``encoder_hidden_states``.
+
+        They depend only on the image, so the export computes them once per image in a graph of their
+        own and the decoder step graph takes them as inputs. ``None``: this decoder's layout is not
+        known, and the decoder graph recomputes them at every step (correct, but ~60x the per-token work
+        at BLIP-base size)."""
+        return None
+
+    def decode_with_cross_kv(self, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        """One decoder step whose ``EncoderDecoderCache`` already holds the cross-attention keys/values
+        of every layer: the decoder reuses them and never sees the encoder states (it is handed a
+        zero-width placeholder of the right batch and length, for the cross-attention mask)."""
+        keys = cache.cross_attention_cache.layers[0].keys
+        placeholder = keys.new_zeros((keys.shape[0], keys.shape[2], 1))
+        return self.decoder_call(input_ids, placeholder, cache)
 
     @abstractmethod
     def kv_layout(self) -> tuple[int, int, int]:

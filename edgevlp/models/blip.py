@@ -35,16 +35,21 @@ class BlipAdapter(CaptionerAdapter):
     def model_class(cls) -> type[BlipForConditionalGeneration]:
         return BlipForConditionalGeneration
 
+    #: tiny layouts: "base" (vision as wide as text, like blip-base) and "large" (vision wider than the
+    #: text decoder, so cross-attention maps 48 -> 32 like blip-large's 1024 -> 768)
+    TINY_LAYOUTS = {"base": 32, "large": 48}
+
     @classmethod
-    def tiny(cls, seed: int = 0) -> "BlipAdapter":
+    def tiny(cls, seed: int = 0, *, layout: str = "base") -> "BlipAdapter":
         tokenizer = wordpiece_tokenizer(TINY_WORDS)
         vocab = tokenizer.get_vocab()
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        width = cls.TINY_LAYOUTS[layout]
+        vision = dict(hidden_size=width, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       image_size=32, patch_size=8,
                       # BLIP's default vision initializer_range (1e-10) makes random outputs constant.
                       initializer_range=0.02)
         text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, encoder_hidden_size=32, max_position_embeddings=64,
+                    num_attention_heads=4, encoder_hidden_size=width, max_position_embeddings=64,
                     pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[DEC]"],
                     sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"], initializer_range=0.02)
         config = BlipConfig(text_config=text, vision_config=vision, projection_dim=32,
@@ -53,7 +58,8 @@ class BlipAdapter(CaptionerAdapter):
         torch.manual_seed(seed)
         model = reinit_(BlipForConditionalGeneration(config), std=0.3, seed=seed)
         processor = BlipImageProcessor(size={"height": 32, "width": 32}).to_dict()
-        return cls(model, processor_config=processor, tokenizer=tokenizer, source=f"tiny-random-blip(seed={seed})")
+        return cls(model, processor_config=processor, tokenizer=tokenizer,
+                   source=f"tiny-random-blip(seed={seed}" + ("" if layout == "base" else f", layout={layout}") + ")")
 
     def generation_settings(self) -> dict[str, Any]:
         text = self.model.config.text_config
@@ -75,11 +81,25 @@ class BlipAdapter(CaptionerAdapter):
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
 
-    def decode_step(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                    cache: Any) -> tuple[torch.Tensor, Any]:
-        out = self.model.text_decoder(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
+    def decoder_call(self, input_ids: torch.Tensor, encoder_states: torch.Tensor,
+                     cache: Any) -> tuple[torch.Tensor, Any]:
+        out = self.model.text_decoder(input_ids=input_ids, encoder_hidden_states=encoder_states,
                                       past_key_values=cache, use_cache=True, return_dict=True)
         return out.logits, out.past_key_values
+
+    def cross_attention_kv(self, encoder_hidden_states: torch.Tensor
+                           ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # BlipTextSelfAttention (cross): key/value Linear, heads sized from the module (pruning-safe)
+        batch = encoder_hidden_states.shape[0]
+        out = []
+        for layer in self.model.text_decoder.bert.encoder.layer:
+            att = layer.crossattention.self
+
+            def heads(x: torch.Tensor) -> torch.Tensor:
+                return x.view(batch, -1, att.num_attention_heads, att.attention_head_size).transpose(1, 2)
+
+            out.append((heads(att.key(encoder_hidden_states)), heads(att.value(encoder_hidden_states))))
+        return out
 
     def kv_layout(self) -> tuple[int, int, int]:
         text = self.model.config.text_config

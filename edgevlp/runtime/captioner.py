@@ -1,4 +1,5 @@
-"""Captioning from a bundle: vision graph once, then the KV-cache decoder token by token (numpy)."""
+"""Captioning from a bundle: per image the vision graph and the cross-attention keys/values (``cross_kv``)
+once, then the KV-cache decoder token by token (numpy)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class Captioner(BundleModel):
         super().__init__(manifest, tokenizer)
         self.vision = sessions["vision_encoder"]
         self.decoder = sessions["text_decoder"]
+        #: cross-attention keys/values once per image; None in bundles whose decoder recomputes them
+        self.cross_kv = sessions.get("cross_kv")
         self.generation: dict[str, Any] = dict(manifest.generation)
         self._past_names = [t.name for t in self.decoder.graph.inputs if t.name.startswith("past_")]
         self._present_names = [t.name for t in self.decoder.graph.outputs if t.name.startswith("present")]
@@ -50,16 +53,24 @@ class Captioner(BundleModel):
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         return self.vision.run({"pixel_values": pixel_values})["encoder_hidden_states"]
 
+    def decoder_context(self, encoder_hidden_states: np.ndarray) -> dict[str, np.ndarray]:
+        """The decoder inputs that stay fixed for an image: its cross-attention keys/values, computed
+        here once (or the encoder states themselves for a bundle without a ``cross_kv`` graph)."""
+        if self.cross_kv is None:
+            return {"encoder_hidden_states": encoder_hidden_states}
+        return self.cross_kv.run({"encoder_hidden_states": encoder_hidden_states})
+
     def generate(self, pixel_values: np.ndarray, *, max_new_tokens: int | None = None,
                  num_beams: int = 1, repetition_penalty: float = 1.0, length_penalty: float = 1.0,
-                 early_stopping: bool | str = False,
+                 early_stopping: bool | str = False, min_new_tokens: int = 0,
                  timings: dict[str, float] | None = None) -> np.ndarray:
         """Token ids (B, T) for a batch of preprocessed images, as ``transformers`` ``generate(...,
         do_sample=False)`` returns them without the start token: eos included, shorter rows padded.
 
         ``num_beams`` 1 is greedy, more is beam search (``length_penalty`` and ``early_stopping`` as in
-        transformers); ``repetition_penalty`` > 1 discourages repeated tokens. ``max_new_tokens``
-        defaults to the bundle's setting. Invalid values raise :class:`InputError`.
+        transformers); ``repetition_penalty`` > 1 discourages repeated tokens; eos is not generated
+        before ``min_new_tokens`` (benchmarks: a fixed token count). ``max_new_tokens`` defaults to the
+        bundle's setting. Invalid values raise :class:`InputError`.
 
         Example:
             >>> captioner.generate(pixels, num_beams=3, max_new_tokens=12).shape   # doctest: +SKIP
@@ -69,7 +80,8 @@ class Captioner(BundleModel):
             self.generation.get("max_new_tokens", 20))
         check_generation_args(max_new_tokens=max_new, max_length=self.generation.get("max_length"),
                               num_beams=num_beams, repetition_penalty=repetition_penalty,
-                              length_penalty=length_penalty, early_stopping=early_stopping)
+                              length_penalty=length_penalty, early_stopping=early_stopping,
+                              min_new_tokens=min_new_tokens)
         pixel_values = np.asarray(pixel_values)
         if pixel_values.ndim != 4:
             raise InputError(f"pixel_values must be a (batch, 3, H, W) array, got shape {pixel_values.shape}; "
@@ -77,20 +89,22 @@ class Captioner(BundleModel):
         start, eos, pad = generation_defaults(self.generation)
         t0 = time.perf_counter()
         enc = self.encode(pixel_values)
+        context = self.decoder_context(enc)
         t1 = time.perf_counter()
         batch = enc.shape[0]
-        if num_beams > 1:
-            enc = np.repeat(enc, num_beams, axis=0)  # row b * num_beams + j: beam j of image b
-        decoder = CachedDecoder(self.decoder, enc, self._past_names, self._present_names,
-                                self.empty_cache(enc.shape[0]))
+        if num_beams > 1:  # row b * num_beams + j: beam j of image b
+            context = {k: np.repeat(v, num_beams, axis=0) for k, v in context.items()}
+        decoder = CachedDecoder(self.decoder, context, self._past_names, self._present_names,
+                                self.empty_cache(batch * num_beams))
         if num_beams == 1:
             ids = greedy(decoder, batch=batch, start=start, max_new_tokens=int(max_new), eos=eos, pad=pad,
-                         repetition_penalty=float(repetition_penalty))
+                         repetition_penalty=float(repetition_penalty), min_new_tokens=int(min_new_tokens))
         else:
             ids = beam_search(decoder, batch=batch, start=start, num_beams=int(num_beams),
                               max_new_tokens=int(max_new), eos=eos, pad=pad,
                               length_penalty=float(length_penalty), early_stopping=early_stopping,
-                              repetition_penalty=float(repetition_penalty))
+                              repetition_penalty=float(repetition_penalty),
+                              min_new_tokens=int(min_new_tokens))
         if timings is not None:
             timings["encode"] = (t1 - t0) * 1e3
             timings["decode"] = (time.perf_counter() - t1) * 1e3

@@ -52,22 +52,24 @@ class Decoder(Protocol):
 class CachedDecoder:
     """A bundle's ``text_decoder`` graph fed one token per step; the cache it returns is fed back.
 
-    ``encoder_hidden_states`` must have one row per decoded sequence (repeat it per beam first).
+    ``context`` holds the inputs that stay the same at every step, one row per decoded sequence (repeat
+    them per beam first): the cross-attention keys/values from the bundle's ``cross_kv`` graph (or, in a
+    bundle without one, ``encoder_hidden_states``). They are handed to the engine as they are, never
+    copied per step; only the self-attention cache grows.
 
     Example:
-        >>> decoder = CachedDecoder(session, enc, past_names, present_names, empty)  # doctest: +SKIP
-        >>> decoder.step(np.array([5, 5])).shape                                                   # doctest: +SKIP
+        >>> decoder = CachedDecoder(session, context, past_names, present_names, empty)  # doctest: +SKIP
+        >>> decoder.step(np.array([5, 5])).shape                                          # doctest: +SKIP
         (2, 100)
     """
 
-    def __init__(self, session: GraphSession, encoder_hidden_states: np.ndarray,
+    def __init__(self, session: GraphSession, context: Mapping[str, np.ndarray],
                  past_names: Sequence[str], present_names: Sequence[str],
                  empty_cache: Mapping[str, np.ndarray]) -> None:
         self.session = session
         self.past_names = list(past_names)
         self.present_names = list(present_names)
-        self.feeds: dict[str, np.ndarray] = {"encoder_hidden_states": encoder_hidden_states,
-                                             **{n: empty_cache[n] for n in self.past_names}}
+        self.feeds: dict[str, np.ndarray] = {**context, **{n: empty_cache[n] for n in self.past_names}}
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         self.feeds["input_ids"] = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1)
@@ -77,6 +79,8 @@ class CachedDecoder:
         return out["logits"][:, -1, :].astype(np.float32, copy=True)
 
     def reorder(self, rows: np.ndarray) -> None:
+        # The context is the same for every beam of an image (beams never cross images): only the
+        # self-attention cache follows the beams.
         for past in self.past_names:
             self.feeds[past] = np.take(self.feeds[past], rows, axis=0)
 
@@ -84,7 +88,7 @@ class CachedDecoder:
 # ---------------------------------------------------------------------------------- validation
 def check_generation_args(*, max_new_tokens: object, max_length: int | None, num_beams: object,
                           repetition_penalty: object, length_penalty: object,
-                          early_stopping: object = False) -> None:
+                          early_stopping: object = False, min_new_tokens: object = 0) -> None:
     """Raise :class:`InputError` for values ``generate`` cannot honour (nothing is adjusted).
 
     Example:
@@ -100,6 +104,9 @@ def check_generation_args(*, max_new_tokens: object, max_length: int | None, num
         extra = (f" (the decoder holds at most {max_length} positions)"
                  if _is_int(max_new_tokens) and max_length and max_new_tokens > max_length else "")  # type: ignore[operator]
         raise InputError(f"max_new_tokens must be an integer in {limit}, got {max_new_tokens!r}{extra}")
+    if not _is_int(min_new_tokens) or not 0 <= min_new_tokens <= max_new_tokens:  # type: ignore[operator]
+        raise InputError(f"min_new_tokens must be an integer in [0, max_new_tokens={max_new_tokens}], got "
+                         f"{min_new_tokens!r}")
     if not _is_int(num_beams) or num_beams < 1:  # type: ignore[operator]
         raise InputError(f"num_beams must be an integer >= 1 (1 is greedy), got {num_beams!r}")
     if not _is_real(repetition_penalty) or not repetition_penalty > 0:  # type: ignore[operator]
@@ -157,7 +164,7 @@ def _gather(array: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- strategies
 def greedy(decoder: Decoder, *, batch: int, start: int, max_new_tokens: int, eos: int | None,
-           pad: int | None, repetition_penalty: float = 1.0) -> np.ndarray:
+           pad: int | None, repetition_penalty: float = 1.0, min_new_tokens: int = 0) -> np.ndarray:
     """Greedy ids (batch, T <= max_new_tokens), as ``transformers`` generates them: eos included,
     finished rows padded with ``pad``, stop when every row has finished.
 
@@ -179,6 +186,8 @@ def greedy(decoder: Decoder, *, batch: int, start: int, max_new_tokens: int, eos
         logits = decoder.step(seqs[:, length - 1])
         if repetition_penalty != 1.0:
             apply_repetition_penalty(logits, seqs[:, :length], repetition_penalty)
+        if eos is not None and length - 1 < min_new_tokens:
+            logits[:, int(eos)] = -np.inf  # MinNewTokensLengthLogitsProcessor
         token = np.where(unfinished, logits.argmax(axis=-1), pad)
         seqs[:, length] = token
         length += 1
@@ -191,7 +200,8 @@ def greedy(decoder: Decoder, *, batch: int, start: int, max_new_tokens: int, eos
 
 def beam_search(decoder: Decoder, *, batch: int, start: int, num_beams: int, max_new_tokens: int,
                 eos: int | None, pad: int | None, length_penalty: float = 1.0,
-                early_stopping: bool | str = False, repetition_penalty: float = 1.0) -> np.ndarray:
+                early_stopping: bool | str = False, repetition_penalty: float = 1.0,
+                min_new_tokens: int = 0) -> np.ndarray:
     """Beam search ids (batch, T <= max_new_tokens), identical to ``transformers`` 4.57
     ``generate(num_beams=N, do_sample=False)`` without the start token.
 
@@ -237,6 +247,8 @@ def beam_search(decoder: Decoder, *, batch: int, start: int, num_beams: int, max
         if repetition_penalty != 1.0:
             apply_repetition_penalty(log_probs, running[:, :, :cur_len].reshape(batch * beams, cur_len),
                                      repetition_penalty)
+        if eos is not None and cur_len - prompt_len < min_new_tokens:
+            log_probs[:, int(eos)] = -np.inf  # MinNewTokensLengthLogitsProcessor
         vocab = log_probs.shape[-1]
         log_probs = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None])
         log_probs = log_probs.reshape(batch, beams * vocab)
