@@ -144,3 +144,24 @@ def test_tokens_identical_to_transformers(layout_bundles, arch, layout, target) 
                 ref = adapter.generate(torch.from_numpy(pixels[rows]), max_new_tokens=12, **kw).numpy()
             got = model.generate(pixels[rows], max_new_tokens=12, **kw)
             assert got.shape == ref.shape and (got == ref).all(), f"{kw} rows {rows}:\n{ref}\n{got}"
+
+
+def test_decoder_without_known_cross_layout_recomputes_and_stays_exact(tmp_path, monkeypatch) -> None:
+    """A decoder whose cross-attention layout the adapter does not know (``cross_attention_kv`` is
+    None: TrOCR, BERT decoders) is exported as one step graph that takes the encoder states: slower,
+    never wrong, and the runtime drives it the same way."""
+    from edgevlp.export import export_model
+    from edgevlp.models import tiny_adapter
+    from edgevlp.runtime import load
+
+    adapter = tiny_adapter("VisionEncoderDecoderModel")
+    monkeypatch.setattr(adapter, "cross_attention_kv", lambda states: None)
+    export_model(adapter, tmp_path / "b", target="cpu", progress=False)
+    model = load(tmp_path / "b")
+    assert model.cross_kv is None and set(model.manifest.graphs) == {"vision_encoder", "text_decoder"}
+    assert "encoder_hidden_states" in model.decoder.input_names
+    pixels = _pixels(model)
+    for kw in (dict(num_beams=1), dict(num_beams=3, repetition_penalty=1.3)):
+        with torch.no_grad():
+            ref = adapter.generate(torch.from_numpy(pixels), max_new_tokens=10, **kw).numpy()
+        assert (model.generate(pixels, max_new_tokens=10, **kw) == ref).all(), kw
