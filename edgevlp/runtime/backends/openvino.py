@@ -21,7 +21,10 @@ class _OvSession(GraphSession):
         self._ports = {o.get_any_name(): o for o in compiled.outputs}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self.request.infer({k: feeds[k] for k in self.input_names})
+        # share_inputs: OpenVINO reads the numpy arrays in place instead of copying them per call (the
+        # decoder's cross-attention keys/values are ~40 MB per image at BLIP-base size). Outputs are
+        # copied: the next call writes into the request's output tensors.
+        result = self.request.infer({k: feeds[k] for k in self.input_names}, share_inputs=True)
         return {name: np.asarray(result[self._ports[name]]) for name in self.output_names}
 
 
