@@ -37,8 +37,8 @@ class Verb:
 
 # ----------------------------------------------------------------------------------------- info
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="bundle directory (hashes verified), model directory, demo-zoo name "
-                                "or hub id")
+    p.add_argument("path", help="bundle directory (hashes verified), model directory, demo-zoo name, "
+                                "hub id or arch:NAME preset (real shapes, random weights)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -51,8 +51,13 @@ def _run_info(args: argparse.Namespace) -> int:
 
     inspect_model(args.path)  # fail fast (no torch import) on bad paths, configs, architectures
     from edgevlp.models import load_model
+    from edgevlp.models.presets import preset_record
 
-    summary = load_model(args.path).summary()
+    adapter = load_model(args.path)
+    summary = adapter.summary()
+    preset = preset_record(adapter.model.config)
+    if preset:
+        summary["preset"] = preset
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -67,6 +72,10 @@ def _format_model_summary(s: dict[str, Any]) -> str:
         f"family       {s['family']} ({s['architecture']}), task: {s['task']}",
         f"parameters   {s['parameters']:,}",
     ]
+    if s.get("preset"):
+        p = s["preset"]
+        lines.append(f"weights      {p['note']} ({p['name']}: the shapes of {p['source']}, seeded "
+                     f"N(0, {p['init_std']}) weights)")
     width = max(len(p["name"]) for p in s["parts"])
     for part in s["parts"]:
         cache = " [KV cache]" if part["kv_cache"] else ""
@@ -111,6 +120,8 @@ def _format_bundle(m: Any) -> str:
         f"{m.target_profile.get('name', '-')}; {status}",
         f"files        {len(m.files)} files, {total / 1e6:.2f} MB, all sha256 verified",
     ]
+    if m.source.get("random_weights"):
+        lines.insert(2, f"weights      {m.source.get('note', 'random weights')} ({m.source.get('preset')})")
     for g in m.graphs.values():
         ins = ", ".join(f"{t.name}{list(t.shape)}" for t in g.inputs[:3]) + (" ..." if len(g.inputs) > 3 else "")
         outs = ", ".join(t.name for t in g.outputs[:3]) + (" ..." if len(g.outputs) > 3 else "")
@@ -225,15 +236,17 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("targets", nargs="*", help="models (exported here per backend x precision) or bundles "
-                                             "(measured as they are)")
+    p.add_argument("targets", nargs="*", help="models (exported here per backend x precision; arch:NAME "
+                                             "presets: real shapes, random weights, latency only) or "
+                                             "bundles (measured as they are)")
     p.add_argument("--data", default="shapes:val", help="evaluation data (shapes:val, shapes:heldout, coco:PATH)")
     p.add_argument("--n", type=int, default=50, help="images for the metric (default 50)")
     p.add_argument("--frames", type=int, default=20, help="frames for the latency figures (default 20)")
     p.add_argument("--backends", default="onnxruntime,openvino", help="comma-separated: onnxruntime,openvino")
     p.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32,fp16,int8")
     p.add_argument("--max-new-tokens", type=int, default=20, help="caption token budget (all rows)")
-    p.add_argument("--no-references", action="store_true", help="skip the transformers eager row")
+    p.add_argument("--no-references", action="store_true",
+                   help="skip the reference rows (transformers eager; optimum ORTModel for VisionEncoderDecoder)")
     p.add_argument("--output", help="directory for bench.md, bench.json and pareto.png")
     p.add_argument("--preprocess", action="store_true", help="print the preprocessing comparison "
                                                              "(C++ extension vs HF vs cv2+numpy vs memcpy)")
@@ -257,7 +270,10 @@ def _run_bench(args: argparse.Namespace) -> int:
                          precisions=tuple(p for p in args.precisions.split(",") if p),
                          max_new_tokens=args.max_new_tokens, output=args.output,
                          references=not args.no_references)
+        from edgevlp.bench.runner import DEFINITIONS
+
         print(markdown_table(rows))
+        print(f"\n{DEFINITIONS}")
         if args.output:
             print(f"\nwrote {args.output}/bench.md, bench.json and pareto.png")
     return 0
@@ -402,6 +418,7 @@ VERBS: tuple[Verb, ...] = (
          _run_args, _run_run),
     Verb("bench", "measure accuracy x latency per backend and precision",
          "  edgevlp bench demo-blip demo-owlvit --data shapes:val --output out/bench\n"
+         "  edgevlp bench arch:blip-base arch:vit-gpt2 arch:owlvit-b32 --backends onnxruntime  # real size\n"
          "  edgevlp bench bundles/blip-cpu bundles/owl-orin --backends onnxruntime --n 100\n"
          "  edgevlp bench --preprocess",
          _bench_args, _run_bench),
@@ -412,6 +429,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("info", "describe a model (family, parts, parameters, preprocessing, tokenizer) or a bundle "
          "(manifest, verified hashes)",
          "  edgevlp info ./blip-image-captioning-base\n"
+         "  edgevlp info arch:blip-base        # real shapes, random weights (built once, offline)\n"
          "  edgevlp info bundles/blip-cpu --json",
          _info_args, _run_info),
     Verb("zoo", "list or train the shipped demo models",

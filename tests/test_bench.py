@@ -72,3 +72,46 @@ def test_bench_measures_optimum_ortmodel_for_vision_encoder_decoder(exported, tm
     header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| model")).split("|")]
     ratio = float(cells[header.index("vs optimum")].rstrip("x"))
     assert abs(ratio - optimum.p50 / rows[0].p50) < 0.01
+
+
+def test_bench_random_weights_preset_is_latency_only(monkeypatch, tmp_path) -> None:
+    """An arch: preset (here shrunk, with BLIP's real tokenizer and processor): no metric (n/a, evaluate
+    never runs), real photos, exactly max_new_tokens per caption on both sides, decode ms per token, encode
+    ms and peak RSS for the runtime and for transformers, and the speed-up against the same model's row."""
+    from _presets import tiny_preset
+    import importlib
+
+    evaluate_module = importlib.import_module("edgevlp.eval.evaluate")
+    from edgevlp.models import presets
+
+    monkeypatch.setenv("EDGEVLP_CACHE", str(tmp_path / "cache"))
+    preset = tiny_preset("blip-base")
+    monkeypatch.setitem(presets.PRESETS, preset.name, preset)
+
+    def no_metric(*args, **kwargs):
+        raise AssertionError("evaluate must not run on random weights")
+
+    monkeypatch.setattr(evaluate_module, "evaluate", no_metric)
+    rows = run_bench([f"arch:{preset.name}"], backends=("onnxruntime",), precisions=("fp32",), frames=2,
+                     max_new_tokens=4, output=tmp_path / "out", progress=False)
+    assert [r.engine for r in rows] == ["onnxruntime", "pytorch"]
+    for r in rows:
+        assert r.random_weights and r.metric is None and r.model == f"arch:{preset.name}"
+        assert "random weights: latency only" in r.note
+        assert r.tokens == 4 and r.decode_ms_per_token is not None  # a value, not a timing assert
+        assert r.latency_ms["encode"]["p50"] > 0 and r.peak_rss_mib > 10 and r.size_mb > 0
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert "| n/a |" in table and "decode ms/token" in table and "(t_k - t_1) / (k - 1)" in table
+    header = [c.strip() for c in table.splitlines()[table.splitlines().index(
+        next(line for line in table.splitlines() if line.startswith("| model")))].split("|")]
+    ours = [c.strip() for c in next(line for line in table.splitlines() if "| onnxruntime |" in line).split("|")]
+    assert ours[header.index("model")] == f"arch:{preset.name}"
+    assert abs(float(ours[header.index("speed-up")].rstrip("x")) - rows[1].p50 / rows[0].p50) < 0.01
+
+
+def test_photo_frames_are_real_photos() -> None:
+    from edgevlp.bench.runner import photo_frames
+
+    frames = photo_frames(10)
+    assert len(frames) == 10 and all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames)
+    assert frames[0].shape == (512, 512, 3) and frames[0].std() > 20 and frames[8] is frames[0]

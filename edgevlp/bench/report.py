@@ -8,32 +8,44 @@ import platform
 from dataclasses import asdict
 from pathlib import Path
 
-from edgevlp.bench.runner import BenchRow
+from edgevlp.bench.runner import DEFINITIONS, BenchRow
 
 __all__ = ["markdown_table", "write_report", "pareto_front"]
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
+    return "-" if value is None or value != value else format(value, spec)  # None and NaN print as -
+
+
+def _ratio(ref: float | None, mine: float) -> str:
+    return f"{ref / mine:.2f}x" if ref and mine and mine == mine else "-"
+
+
+def _label(r: BenchRow) -> str:
+    return r.name if not r.model or r.model == r.name else f"{r.model}: {r.name}"
 
 
 def markdown_table(rows: list[BenchRow]) -> str:
-    """One row per configuration; latency p50/p90 in ms per stage and in total."""
-    head = ("| model | engine | precision | metric | p50 ms | p90 ms | preprocess | encode | decode | post "
-            "| FPS | speed-up | vs optimum | peak RSS MiB | cold start s | size MB | note |")
+    """One row per configuration: latency p50/p90 in ms per stage and in total, decode ms per new token,
+    and each row's speed-up against its own model's transformers eager (and optimum ORTModel) row."""
+    head = ("| model | engine | precision | metric | p50 ms | p90 ms | preprocess | encode | decode "
+            "| decode ms/token | post | FPS | speed-up | vs optimum | peak RSS MiB | cold start s | size MB "
+            "| note |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    refs = {r.task: r.p50 for r in rows if r.engine == "pytorch"}
-    optimum = {r.task: r.p50 for r in rows if r.engine == "optimum-onnxruntime"}
+
+    def ref(engine: str, r: BenchRow) -> float | None:  # the same model's reference (legacy: same task)
+        same = [o for o in rows if o.engine == engine and (o.model == r.model if r.model else o.task == r.task)]
+        return same[-1].p50 if same else None
+
     for r in rows:
         stage = {k: _fmt(r.latency_ms.get(k, {}).get("p50")) for k in ("preprocess", "encode", "decode",
                                                                         "postprocess")}
-        speed = refs.get(r.task, float("nan")) / r.p50 if r.p50 else float("nan")
-        vs_optimum = f"{optimum[r.task] / r.p50:.2f}x" if r.task in optimum and r.p50 else "-"
-        metric = f"{r.metric_name} {_fmt(r.metric, '.3f')}"
-        lines.append(f"| {r.name} | {r.engine} | {r.precision} | {metric} | {_fmt(r.p50)} | "
+        metric = "n/a" if r.random_weights else f"{r.metric_name} {_fmt(r.metric, '.3f')}"
+        lines.append(f"| {_label(r)} | {r.engine} | {r.precision} | {metric} | {_fmt(r.p50)} | "
                      f"{_fmt(r.latency_ms.get('total', {}).get('p90'))} | {stage['preprocess']} | "
-                     f"{stage['encode']} | {stage['decode']} | {stage['postprocess']} | "
-                     f"{r.throughput_fps:.1f} | {speed:.2f}x | {vs_optimum} | {_fmt(r.peak_rss_mib, '.0f')} | "
+                     f"{stage['encode']} | {stage['decode']} | {_fmt(r.decode_ms_per_token)} | "
+                     f"{stage['postprocess']} | {r.throughput_fps:.1f} | {_ratio(ref('pytorch', r), r.p50)} | "
+                     f"{_ratio(ref('optimum-onnxruntime', r), r.p50)} | {_fmt(r.peak_rss_mib, '.0f')} | "
                      f"{_fmt(r.cold_start_s)} | {_fmt(r.size_mb)} | {r.note} |")
     return "\n".join(lines)
 
@@ -69,7 +81,11 @@ def _plot(rows: list[BenchRow], path: Path) -> None:
         pts = sorted((r.p50, r.metric) for r in mine if r in front)
         if len(pts) > 1:
             ax.plot(*zip(*pts), "--", color="gray", linewidth=1)
-        ax.set_xscale("log")
+        if not mine:  # random-weights models only: latency, no metric
+            ax.text(0.5, 0.5, "random weights: latency only\n(no metric)", ha="center", va="center",
+                    transform=ax.transAxes)
+        else:
+            ax.set_xscale("log")
         ax.set_xlabel("latency p50 per frame (ms, log)")
         ax.set_ylabel(mine[0].metric_name if mine else "metric")
         ax.set_title(f"{task}: metric vs latency (stars: Pareto front)")
@@ -85,9 +101,11 @@ def write_report(rows: list[BenchRow], notes: list[str], out: Path, *, data: str
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
     table = markdown_table(rows)
     text = (f"# edgevlp bench\n\nmachine: {machine}; data: {data}, {n} images for the metric; latency per "
-            f"frame (ms) measured in this run.\n\n{table}\n\n" + "\n".join(f"- {n_}" for n_ in notes) + "\n")
+            f"frame (ms) measured in this run.\n\nDefinitions: {DEFINITIONS}.\n\n{table}\n\n"
+            + "\n".join(f"- {n_}" for n_ in notes) + "\n")
     (out / "bench.md").write_text(text)
     (out / "bench.json").write_text(json.dumps({"machine": machine, "data": data, "n_images": n,
+                                                "definitions": DEFINITIONS,
                                                 "rows": [asdict(r) for r in rows], "notes": notes},
                                                indent=2))
     _plot(rows, out / "pareto.png")

@@ -1,4 +1,17 @@
-"""Measure every (model, backend, precision) configuration on the same frames in one run."""
+"""Measure every (model, backend, precision) configuration on the same frames in one run.
+
+Latency definitions, identical for the runtime and the references (``docs`` and ``bench.md`` repeat them):
+
+- **ms per image**: p50 over the frames of one end-to-end call (preprocessing of the BGR frame to the
+  result: caption text, or boxes after post-processing), after one warm-up call.
+- **encode ms**: p50 of the vision part (the runtime's image graph; in transformers the forward of the
+  vision tower, timed inside ``generate`` / the detector call).
+- **decode ms per token**: p50 over the frames of ``(t_k - t_1) / (k - 1)``, where ``t_k`` is that call
+  generating ``k`` new tokens and ``t_1`` the same call on the same frame with ``max_new_tokens=1``. For a
+  random-weights preset every call generates exactly ``max_new_tokens`` (``min_new_tokens`` equal to it in
+  the runtime and in transformers: random weights would stop at any step); for a trained model ``k`` is
+  what greedy generated, eos included.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,18 +33,32 @@ import numpy as np
 from edgevlp.bundle import is_bundle, read_manifest
 from edgevlp.errors import EdgeVLPError, InputError
 
-__all__ = ["BenchRow", "run_bench", "DEFAULT_BACKENDS", "DEFAULT_PRECISIONS"]
+__all__ = ["BenchRow", "run_bench", "DEFAULT_BACKENDS", "DEFAULT_PRECISIONS", "photo_frames", "DEFINITIONS"]
 
 DEFAULT_BACKENDS = ("onnxruntime", "openvino")
 DEFAULT_PRECISIONS = ("fp32", "int8")
 #: backend -> export target producing its files
 _TARGET = {"onnxruntime": "cpu", "openvino": "openvino"}
 STAGES = ("preprocess", "encode", "decode", "postprocess")
+#: real photos bundled with scikit-image: the frames of random-weights models (shapes mean nothing to them)
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+          "camera")
+#: prompts of detectors on photos; on shapes data the split's phrases are used
+PHOTO_PROMPTS = ("a photo of a cat", "a photo of a person", "a photo of a cup of coffee")
+SHAPE_PROMPTS = ("red circle", "blue square", "green triangle", "yellow star")
+DEFINITIONS = (
+    "ms/image: p50 of one end-to-end call per frame (BGR frame -> caption text / post-processed boxes); "
+    "encode: p50 of the vision part; decode ms/token: p50 over frames of (t_k - t_1) / (k - 1), t_k the "
+    "call generating k tokens, t_1 the same call with max_new_tokens=1 (random weights: k = "
+    "max_new_tokens exactly, min_new_tokens = max_new_tokens on every engine; trained models: k as "
+    "generated); peak RSS: VmHWM of a fresh "
+    "process that imports, loads and runs once; size: model files (bundle without its JSON, or safetensors)"
+)
 
 
 @dataclass
 class BenchRow:
-    """One measured configuration."""
+    """One measured configuration; ``model`` groups a model's rows with its references."""
 
     name: str
     task: str
@@ -43,6 +72,10 @@ class BenchRow:
     cold_start_s: float | None = None
     size_mb: float | None = None
     note: str = ""
+    model: str = ""
+    decode_ms_per_token: float | None = None
+    tokens: int | None = None  # p50 of the new tokens per caption
+    random_weights: bool = False
 
     @property
     def p50(self) -> float:
@@ -54,13 +87,40 @@ def _percentiles(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]
             for k, v in samples.items() if v}
 
 
-def _frames(data: str, n: int, size: int) -> list[np.ndarray]:
+def _per_token(t_k: list[float], t_1: list[float], k: list[int]) -> float | None:
+    """p50 over frames of ``(t_k - t_1) / (k - 1)`` (frames with ``k >= 2``)."""
+    per = [(a - b) / (n - 1) for a, b, n in zip(t_k, t_1, k) if n >= 2]
+    return float(np.percentile(per, 50)) if per else None
+
+
+def photo_frames(n: int) -> list[np.ndarray]:
+    """``n`` BGR uint8 frames cycling through real photos (:data:`PHOTOS`), at their own sizes."""
+    from skimage import data
+
+    photos = []
+    for name in PHOTOS:
+        img = np.asarray(getattr(data, name)())
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        photos.append(np.ascontiguousarray(img[..., :3][..., ::-1]))
+    return [photos[i % len(photos)] for i in range(n)]
+
+
+def _frames(data: str, n: int, size: int, photos: bool) -> list[np.ndarray]:
+    if photos:
+        return photo_frames(n)
     from edgevlp.eval.evaluate import load_samples
 
     samples, _ = load_samples(data, n, size)
     return [np.ascontiguousarray(s.image[..., ::-1]) for s in samples]
 
 
+def _bundle_mb(manifest: Any) -> float:
+    return sum(meta["size"] for rel, meta in manifest.files.items() if not rel.endswith(".json")) / 1e6
+
+
+# ---------------------------------------------------------------------------------- fresh processes
+_RSS = "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
 _COLD = """
 import sys, time, json, numpy as np
 t = time.perf_counter()
@@ -71,60 +131,109 @@ if m.manifest.task == "caption":
     m.caption(frame, max_new_tokens=int(sys.argv[3]))
 else:
     m.set_prompts(["red circle"]); m.detect(frame)
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps({"seconds": time.perf_counter() - t, "rss_kib": int(hwm)}))
+""" + _RSS + """print(json.dumps({"seconds": time.perf_counter() - t, "rss_kib": int(hwm)}))
+"""
+_COLD_TRANSFORMERS = """
+import sys, time, json
+t = time.perf_counter()
+import torch
+from edgevlp.models import load_model
+a = load_model(sys.argv[1])
+h, w = a.preprocess_spec().input_shape[2:]
+pixels = torch.zeros(1, 3, h, w)
+with torch.no_grad():
+    if a.task == "caption":
+        n = int(sys.argv[2])
+        a.generate(pixels, max_new_tokens=n, min_new_tokens=n)
+    else:
+        a.forward(pixels, prompts=["red circle"])
+""" + _RSS + """print(json.dumps({"seconds": time.perf_counter() - t, "rss_kib": int(hwm)}))
 """
 
 
-def _cold_start(bundle: Path, backend: str, tokens: int) -> tuple[float | None, float | None]:
-    """A fresh process: import the runtime, load, first inference. (seconds, peak RSS MiB)."""
+def _fresh_process(script: str, *args: str) -> tuple[float | None, float | None]:
+    """Run ``script`` in a fresh interpreter: (seconds to import, load and infer once, peak RSS MiB)."""
     try:
-        out = subprocess.run([sys.executable, "-c", _COLD, str(bundle), backend, str(tokens)],
-                             capture_output=True, text=True, timeout=600, check=True)
+        out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                             timeout=900, check=True)
         record = json.loads(out.stdout.strip().splitlines()[-1])
         return record["seconds"], record["rss_kib"] / 1024
     except (subprocess.SubprocessError, json.JSONDecodeError, IndexError):
         return None, None
 
 
-def _time_runtime(model: Any, frames: list[np.ndarray], tokens: int, phrases: list[str]) -> dict[str, list[float]]:
+def _cold_start(bundle: Path, backend: str, tokens: int) -> tuple[float | None, float | None]:
+    """A fresh process: import the runtime, load, first inference. (seconds, peak RSS MiB)."""
+    return _fresh_process(_COLD, str(bundle), backend, str(tokens))
+
+
+# ----------------------------------------------------------------------------------------- runtime
+def _caption_call(model: Any, exact: bool) -> Callable[[np.ndarray, int], Any]:
+    """``call(frame, n)``: caption with ``n`` new tokens; with ``exact``, eos is suppressed until then
+    (``min_new_tokens = n``, as transformers does), so every call generates exactly ``n``."""
+    if exact:
+        return lambda frame, n: model.caption(frame, max_new_tokens=n, min_new_tokens=n)
+    return lambda frame, n: model.caption(frame, max_new_tokens=n)
+
+
+def _time_runtime(model: Any, frames: list[np.ndarray], tokens: int, phrases: list[str],
+                  exact: bool = False) -> tuple[dict[str, list[float]], float | None, int | None]:
+    """Stage samples (ms), decode ms per token and p50 tokens of the runtime on ``frames``."""
     samples: dict[str, list[float]] = {k: [] for k in (*STAGES, "total")}
     if model.manifest.task == "detect":
-        model.set_prompts(phrases)
-    call: Callable[[np.ndarray], Any] = (
-        (lambda f: model.caption(f, max_new_tokens=tokens)) if model.manifest.task == "caption"
-        else (lambda f: model.detect(f, threshold=0.1)))
-    call(frames[0])  # warm-up
+        model.set_prompts(phrases)  # once: the runtime caches the prompt embeddings
+        model.detect(frames[0], threshold=0.1)  # warm-up
+        for frame in frames:
+            t0 = time.perf_counter()
+            result = model.detect(frame, threshold=0.1)
+            samples["total"].append((time.perf_counter() - t0) * 1e3)
+            for k, v in result.timings.items():
+                samples.setdefault(k, []).append(v)
+        return samples, None, None
+    call = _caption_call(model, exact)
+    call(frames[0], tokens)  # warm-up
+    t_k, t_1, counts = [], [], []
     for frame in frames:
         t0 = time.perf_counter()
-        result = call(frame)
-        samples["total"].append((time.perf_counter() - t0) * 1e3)
+        result = call(frame, tokens)
+        t_k.append((time.perf_counter() - t0) * 1e3)
+        counts.append(len(result.token_ids))
         for k, v in result.timings.items():
-            samples[k].append(v)
-    return samples
+            samples.setdefault(k, []).append(v)
+        t0 = time.perf_counter()
+        call(frame, 1)
+        t_1.append((time.perf_counter() - t0) * 1e3)
+    samples["total"] = t_k
+    return samples, _per_token(t_k, t_1, counts), int(np.median(counts))
 
 
 def _bundle_row(bundle: Path, backend: str, data: str, n: int, tokens: int, frames: list[np.ndarray],
-                name: str, progress: bool) -> BenchRow:
-    from edgevlp.eval.evaluate import evaluate
+                name: str, progress: bool, group: str = "") -> BenchRow:
     from edgevlp.runtime import load
 
     manifest = read_manifest(bundle)
+    random = bool(manifest.source.get("random_weights"))
     model = load(bundle, backend=backend)
-    metrics = evaluate(bundle, data, n=n, backend=backend, max_new_tokens=tokens, progress=progress)
     metric_name = "cider" if manifest.task == "caption" else "map50"
-    phrases = ["red circle", "blue square", "green triangle", "yellow star"]
-    samples = _time_runtime(model, frames, tokens, phrases)
+    metric = None
+    if not random:
+        from edgevlp.eval.evaluate import evaluate
+
+        metric = evaluate(bundle, data, n=n, backend=backend, max_new_tokens=tokens,
+                          progress=progress).get(metric_name)
+    phrases = list(PHOTO_PROMPTS if random else SHAPE_PROMPTS)
+    samples, per_token, count = _time_runtime(model, frames, tokens, phrases, exact=random)
     cold, rss = _cold_start(bundle, backend, tokens)
-    size = sum(meta["size"] for rel, meta in manifest.files.items() if not rel.endswith(".json")) / 1e6
-    note = manifest.export.get("quantization", {}).get("method", "")
+    notes = [manifest.export.get("quantization", {}).get("method", ""),
+             manifest.source.get("note", "") if random else ""]
     return BenchRow(name=name, task=manifest.task, engine=backend, precision=manifest.precision,
-                    metric_name=metric_name, metric=metrics.get(metric_name),
-                    latency_ms=_percentiles(samples),
+                    metric_name=metric_name, metric=metric, latency_ms=_percentiles(samples),
                     throughput_fps=1e3 / statistics.mean(samples["total"]), peak_rss_mib=rss,
-                    cold_start_s=cold, size_mb=size, note=note)
+                    cold_start_s=cold, size_mb=_bundle_mb(manifest), note="; ".join(x for x in notes if x),
+                    model=group or name, decode_ms_per_token=per_token, tokens=count, random_weights=random)
 
 
+# -------------------------------------------------------------------------------------- references
 class _OptimumCaptioner:
     """optimum's ``ORTModelForVision2Seq`` (exported by optimum from the same model) behind the calls a
     reference row and ``evaluate`` make on an adapter: ``generate``, ``caption``, processor config."""
@@ -142,25 +251,58 @@ class _OptimumCaptioner:
     def preprocess_spec(self) -> Any:
         return self.adapter.preprocess_spec()
 
-    def generate(self, pixel_values: Any, max_new_tokens: int = 20) -> Any:
+    def generate(self, pixel_values: Any, max_new_tokens: int = 20, **kwargs: Any) -> Any:
         ids = self.ort.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens, do_sample=False,
-                                num_beams=1)
+                                num_beams=1, **kwargs)
         return ids[:, 1:]
 
     def caption(self, pixel_values: Any, max_new_tokens: int = 20) -> list[str]:
         return self.tokenizer.batch_decode(self.generate(pixel_values, max_new_tokens), skip_special_tokens=True)
 
 
+def _vision_module(ref: Any) -> Any:
+    """The object whose ``forward`` is the vision part of a reference (timed inside its calls)."""
+    if isinstance(ref, _OptimumCaptioner):
+        return ref.ort.encoder
+    part = next(p for p in ref.parts if p.kind == "vision_encoder")
+    return ref.model.get_submodule(part.prefixes[0].rstrip("."))
+
+
+@contextmanager
+def _timed_forward(module: Any) -> Iterator[list[float]]:
+    """Milliseconds of every ``module.forward`` call while inside (a scoped, restored instance patch)."""
+    spent: list[float] = []
+    original = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent.append((time.perf_counter() - t0) * 1e3)
+
+    module.forward = forward
+    try:
+        yield spent
+    finally:
+        del module.forward  # the class's forward again
+        if module.forward != original:  # forward was an instance attribute before
+            module.forward = original
+
+
 def _reference_rows(model_dir: str, data: str, n: int, tokens: int, frames: list[np.ndarray],
-                    progress: bool) -> tuple[list[BenchRow], str | None]:
+                    progress: bool, group: str = "", random: bool = False) -> tuple[list[BenchRow], str | None]:
     """The references a user would pick instead: transformers eager FP32 and, where it exports the
     model, optimum's ORTModel; plus a note when optimum does not apply."""
     from edgevlp.models import load_model
 
     adapter = load_model(model_dir)
-    rows = [_reference_row(adapter, model_dir, "transformers eager", "pytorch",
-                           "HF processor + generate (caption: encode inside decode)", data, n, tokens, frames,
-                           progress)]
+    eager = "HF processor + generate" if adapter.task == "caption" else \
+        "HF processor + model + post_process_object_detection, prompts tokenised per frame"
+    rows = [_reference_row(adapter, model_dir, "transformers eager", "pytorch", eager, data, n, tokens, frames,
+                           progress, group, random)]
+    cold, rss = _fresh_process(_COLD_TRANSFORMERS, str(model_dir), str(tokens))
+    rows[0].cold_start_s, rows[0].peak_rss_mib = cold, rss
     if adapter.architecture != "VisionEncoderDecoderModel":
         return rows, (f"optimum's ORTModel has no {adapter.architecture} export "
                       "(BLIP: optimum issue 1818; OWL-ViT: none)")
@@ -169,85 +311,139 @@ def _reference_rows(model_dir: str, data: str, n: int, tokens: int, frames: list
     except Exception as err:  # noqa: BLE001 - optimum raises many types for models it cannot export
         return rows, f"optimum ORTModelForVision2Seq could not export {model_dir}: {str(err)[:200]}"
     rows.append(_reference_row(ort, model_dir, "optimum ORTModel", "optimum-onnxruntime",
-                               "HF processor + ORTModelForVision2Seq.generate (optimum's own export)", data, n,
-                               tokens, frames, progress))
+                               "HF processor + ORTModelForVision2Seq.generate (optimum's own export, KV cache)",
+                               data, n, tokens, frames, progress, group, random))
     return rows, None
 
 
 def _reference_row(adapter: Any, model_dir: str, name: str, engine: str, note: str, data: str, n: int,
-                   tokens: int, frames: list[np.ndarray], progress: bool) -> BenchRow:
-    """HF image processor + ``adapter.generate`` / ``forward`` (FP32), timed on ``frames``."""
+                   tokens: int, frames: list[np.ndarray], progress: bool, group: str = "",
+                   random: bool = False) -> BenchRow:
+    """HF image processor + ``adapter.generate`` / the detector with post-processing (FP32), on ``frames``."""
     import torch
-
-    from edgevlp.eval.evaluate import evaluate
-
-    metrics = evaluate(adapter, data, n=n, max_new_tokens=tokens, progress=progress)
-    metric_name = "cider" if adapter.task == "caption" else "map50"
     from transformers import AutoImageProcessor
 
+    metric_name = "cider" if adapter.task == "caption" else "map50"
+    metric = None
+    if not random:
+        from edgevlp.eval.evaluate import evaluate
+
+        metric = evaluate(adapter, data, n=n, max_new_tokens=tokens, progress=progress).get(metric_name)
     processor = AutoImageProcessor.from_pretrained(adapter.source if Path(adapter.source).is_dir()
-                                                   else model_dir)
-    samples: dict[str, list[float]] = {"preprocess": [], "encode": [], "decode": [], "total": []}
-    prompts = ["red circle", "blue square", "green triangle", "yellow star"]
-    for i, frame in enumerate([frames[0], *frames]):
+                                                   else model_dir, use_fast=False)  # what the files say
+    prompts = list(PHOTO_PROMPTS if random else SHAPE_PROMPTS)
+
+    def run(frame: np.ndarray, new_tokens: int) -> tuple[float, int]:
+        """One end-to-end call: (pre-processing ms, new tokens)."""
+        rgb = frame[..., ::-1]
         t0 = time.perf_counter()
-        with torch.no_grad():
-            pixels = processor(images=frame[..., ::-1], return_tensors="pt")["pixel_values"]
-            t1 = time.perf_counter()
+        pixels = processor(images=rgb, return_tensors="pt")["pixel_values"]
+        pre = (time.perf_counter() - t0) * 1e3
+        if adapter.task == "caption":
+            exact = {"min_new_tokens": new_tokens} if random else {}  # eos would stop random weights early
+            ids = adapter.generate(pixels, max_new_tokens=new_tokens, **exact)
+            return pre, int(ids.shape[1])
+        text = adapter.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
+                                 max_length=adapter.model.config.text_config.max_position_embeddings)
+        out = adapter.model(pixel_values=pixels, input_ids=text["input_ids"],
+                            attention_mask=text["attention_mask"])
+        processor.post_process_object_detection(out, threshold=0.1, target_sizes=torch.tensor([rgb.shape[:2]]))
+        return pre, 0
+
+    samples: dict[str, list[float]] = {"preprocess": [], "encode": [], "decode": [], "total": []}
+    t_1: list[float] = []
+    counts: list[int] = []
+    with torch.no_grad(), _timed_forward(_vision_module(adapter)) as vision_ms:
+        run(frames[0], tokens)  # warm-up
+        for frame in frames:
+            vision_ms.clear()
+            t0 = time.perf_counter()
+            pre, count = run(frame, tokens)
+            total = (time.perf_counter() - t0) * 1e3
+            encode = sum(vision_ms)
+            samples["preprocess"].append(pre)
+            samples["encode"].append(encode)
             if adapter.task == "caption":
-                adapter.generate(pixels, max_new_tokens=tokens)
-            else:
-                adapter.forward(pixels, prompts=prompts)
-        t2 = time.perf_counter()
-        if i:  # first call is warm-up
-            samples["preprocess"].append((t1 - t0) * 1e3)
-            samples["decode" if adapter.task == "caption" else "encode"].append((t2 - t1) * 1e3)
-            samples["total"].append((t2 - t0) * 1e3)
+                samples["decode"].append(total - pre - encode)
+                counts.append(count)
+                t1 = time.perf_counter()
+                run(frame, 1)
+                t_1.append((time.perf_counter() - t1) * 1e3)
+            samples["total"].append(total)
     size = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) / 1e6 \
         if Path(model_dir).is_dir() else None
+    caption = adapter.task == "caption"
     return BenchRow(name=name, task=adapter.task, engine=engine, precision="fp32",
-                    metric_name=metric_name, metric=metrics.get(metric_name),
-                    latency_ms=_percentiles(samples), throughput_fps=1e3 / statistics.mean(samples["total"]),
-                    size_mb=size, note=note)
+                    metric_name=metric_name, metric=metric, latency_ms=_percentiles(samples),
+                    throughput_fps=1e3 / statistics.mean(samples["total"]), size_mb=size,
+                    note="; ".join(x for x in (note, "random weights: latency only" if random else "") if x),
+                    model=group or name,
+                    decode_ms_per_token=_per_token(samples["total"], t_1, counts) if caption else None,
+                    tokens=int(np.median(counts)) if counts else None, random_weights=random)
+
+
+# --------------------------------------------------------------------------------------------- run
+def _random_note(target: str, tokens: int) -> str:
+    return (f"{target}: random weights: latency only (metric n/a); frames are real photos, every caption "
+            f"exactly {tokens} new tokens (min_new_tokens)")
+
+
+def _is_random(model_dir: Path) -> bool:
+    from edgevlp.models.presets import preset_record
+    from edgevlp.models.registry import read_config
+
+    return preset_record(read_config(model_dir)) is not None
 
 
 def run_bench(targets: list[str], *, data: str = "shapes:val", n: int = 50,
               backends: tuple[str, ...] = DEFAULT_BACKENDS, precisions: tuple[str, ...] = DEFAULT_PRECISIONS,
               frames: int = 20, max_new_tokens: int = 20, output: str | os.PathLike[str] | None = None,
               references: bool = True, progress: bool = True) -> list[BenchRow]:
-    """Benchmark models (exported here for every backend x precision) and bundles (as they are)."""
+    """Benchmark models (exported here for every backend x precision; ``arch:NAME`` presets too) and
+    bundles (as they are). Random-weights models get latency rows only (metric n/a), on real photos."""
     if not targets:
         raise InputError("give at least one model or bundle to benchmark (e.g. demo-blip)")
     unknown = set(backends) - set(_TARGET)
     if unknown:
         raise InputError(f"unknown backend(s) {sorted(unknown)}; choose from {', '.join(_TARGET)}")
+    if frames < 1 or max_new_tokens < 1:
+        raise InputError(f"frames={frames}, max_new_tokens={max_new_tokens}: both must be at least 1")
     rows: list[BenchRow] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgevlp-bench-") as tmp:
         for target in targets:
             if is_bundle(target):
                 manifest = read_manifest(target)
-                size = int(manifest.preprocess["height"])
-                clip = _frames(data, frames, size)
+                random = bool(manifest.source.get("random_weights"))
+                clip = _frames(data, frames, int(manifest.preprocess["height"]), photos=random)
                 from edgevlp.runtime.loader import choose_backend
 
                 engine = choose_backend(manifest).name
-                rows.append(_bundle_row(Path(target), engine, data, n, max_new_tokens, clip,
-                                        f"{Path(target).name}", progress))
+                group = Path(target).name
+                rows.append(_bundle_row(Path(target), engine, data, n, max_new_tokens, clip, group, progress))
                 source = Path(str(manifest.source.get("model", "")))
+                if str(manifest.source.get("model", "")).startswith("arch:"):
+                    from edgevlp.models import resolve_model_dir
+
+                    source = resolve_model_dir(str(manifest.source["model"]))
                 if references and (source / "config.json").is_file():
-                    refs, note = _reference_rows(str(source), data, n, max_new_tokens, clip, progress)
+                    refs, note = _reference_rows(str(source), data, n, max_new_tokens, clip, progress, group,
+                                                 random)
                     rows += refs
                     notes += [f"{target}: {note}"] if note else []
+                if random:
+                    notes.append(_random_note(target, max_new_tokens))
                 continue
             from edgevlp.export import export_model
-            from edgevlp.models import inspect_model, resolve_model_dir
+            from edgevlp.models import inspect_model
 
             model_dir, _ = inspect_model(target)
+            random = _is_random(Path(model_dir))
+            group = target if target.startswith("arch:") else Path(target).name
             clip: list[np.ndarray] | None = None
             for backend in backends:
                 for precision in precisions:
-                    out = Path(tmp) / f"{Path(target).name}-{backend}-{precision}"
+                    out = Path(tmp) / f"{group.replace(':', '-')}-{backend}-{precision}"
                     try:
                         manifest = export_model(model_dir, out, target=_TARGET[backend], precision=precision,
                                                 progress=False)
@@ -255,14 +451,16 @@ def run_bench(targets: list[str], *, data: str = "shapes:val", n: int = 50,
                         notes.append(f"{target} {backend} {precision}: skipped ({err})")
                         continue
                     if clip is None:
-                        clip = _frames(data, frames, int(manifest.preprocess["height"]))
-                    rows.append(_bundle_row(out, backend, data, n, max_new_tokens, clip,
-                                            f"{Path(target).name}", progress))
+                        clip = _frames(data, frames, int(manifest.preprocess["height"]), photos=random)
+                    rows.append(_bundle_row(out, backend, data, n, max_new_tokens, clip, group, progress,
+                                            group))
             if references and clip is not None:
-                refs, note = _reference_rows(str(resolve_model_dir(target)), data, n, max_new_tokens, clip,
-                                             progress)
+                refs, note = _reference_rows(str(model_dir), data, n, max_new_tokens, clip, progress, group,
+                                             random)
                 rows += refs
                 notes += [f"{target}: {note}"] if note else []
+            if random:
+                notes.append(_random_note(target, max_new_tokens))
     if output is not None:
         from edgevlp.bench.report import write_report
 

@@ -23,6 +23,7 @@ from edgevlp.export.profiles import PRECISIONS, TARGETS, check_profile_target, l
 from edgevlp.export.progress import Progress
 from edgevlp.models import load_model
 from edgevlp.models.base import CaptionerAdapter, ModelAdapter
+from edgevlp.models.presets import RANDOM_WEIGHTS_NOTE, preset_record
 
 __all__ = ["export_model", "WRITERS", "COMPRESSION_FILE"]
 
@@ -48,7 +49,20 @@ def _source_record(model: str | os.PathLike[str] | ModelAdapter, model_dir: Path
 
         record["sha256"] = hashlib.sha256(digest.encode()).hexdigest()
         record["files"] = [p.name for p in files]
+    preset = preset_record(model.model.config if isinstance(model, ModelAdapter) else _dir_config(model_dir))
+    if preset:  # an arch: preset: real shapes, random weights
+        record.update(preset=preset["name"], shapes_of=preset["source"], random_weights=True,
+                      note=RANDOM_WEIGHTS_NOTE)
     return record
+
+
+def _dir_config(model_dir: Path | None) -> dict[str, Any]:
+    """config.json of a model dir, or of the base model of an `edgevlp compress` output ({} if none)."""
+    if model_dir is None:
+        return {}
+    compression = _read_compression(model_dir) or {}
+    path = model_dir / compression.get("base_model", ".") / "config.json"
+    return read_json_object(path, InputError, "re-save the model") if path.is_file() else {}
 
 
 def _versions() -> dict[str, str]:

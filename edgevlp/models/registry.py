@@ -82,10 +82,16 @@ def architecture_of(config: dict[str, Any], where: Path) -> str:
 def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
     """Turn a model argument into a local directory.
 
-    Order: an existing path; a demo-zoo name (``demo-blip``); a Hugging Face hub id, taken from the
-    local cache (and downloaded only when the hub is reachable and ``HF_HUB_OFFLINE`` is unset).
+    Order: an ``arch:NAME`` preset (real shapes, random weights, built once into the cache; see
+    :mod:`edgevlp.models.presets`); an existing path; a demo-zoo name (``demo-blip``); a Hugging Face hub
+    id, taken from the local cache (and downloaded only when the hub is reachable and ``HF_HUB_OFFLINE``
+    is unset).
     """
     text = os.fspath(model)
+    if text.startswith("arch:"):
+        from edgevlp.models.presets import materialize
+
+        return materialize(text)
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -96,7 +102,8 @@ def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
     looks_like_path = text.startswith((".", "/", "~")) or os.sep in text.replace("/", "", 1) or \
         text.count("/") > 1
     if looks_like_path or not _HUB_ID.match(text):
-        raise ModelLoadError(f"no such model directory: {text}; check the path (or run `edgevlp zoo`)")
+        raise ModelLoadError(f"no such model directory: {text}; check the path (or run `edgevlp zoo`; "
+                             "real-size shapes with random weights: arch:NAME, see edgevlp.models.presets)")
     return _from_hub(text)
 
 
