@@ -329,7 +329,10 @@ class DetectorAdapter(ModelAdapter):
     def detection_settings(self) -> dict[str, Any]:
         """What the runtime needs to tokenise prompts and post-process the heads."""
         text = self.model.config.text_config
-        return {"max_text_length": text.max_position_embeddings, "pad_token_id": text.pad_token_id,
+        # the tokenizer's pad id: real OWL configs carry CLIP's legacy pad_token_id 1, their processor
+        # pads with "!" = 0 (padded positions are masked, but the runtime should pad as HF does)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else text.pad_token_id
+        return {"max_text_length": text.max_position_embeddings, "pad_token_id": pad,
                 "objectness": hasattr(self.model, "objectness_predictor"),
                 "box_format": "cxcywh_normalized", "class_head": "normalized_dot_shift_scale"}
 
