@@ -9,7 +9,7 @@ Example:
     >>> from edgevlp.bundle import read_manifest
     >>> manifest = read_manifest("bundles/blip-cpu")          # doctest: +SKIP
     >>> manifest.task, sorted(manifest.graphs)                # doctest: +SKIP
-    ('caption', ['text_decoder', 'vision_encoder'])
+    ('caption', ['cross_kv', 'text_decoder', 'vision_encoder'])
 """
 
 from __future__ import annotations

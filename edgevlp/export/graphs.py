@@ -1,6 +1,7 @@
 """The graphs a model is exported as, built from its adapter: modules, example inputs, I/O contract.
 
-Captioners: ``vision_encoder`` (pixel_values -> encoder_hidden_states) and one ``text_decoder`` with a
+Captioners: ``vision_encoder`` (pixel_values -> encoder_hidden_states), ``cross_kv`` (encoder states ->
+every decoder layer's cross-attention keys/values, once per image) and one ``text_decoder`` step with a
 KV cache. Detectors: ``image_encoder`` (pixel_values -> per-patch class embeddings, logit shift/scale,
 boxes, objectness) and ``text_encoder`` (prompt ids -> text embeddings); the class head (a normalised dot
 product) runs in the runtime so prompts stay editable.
