@@ -1,9 +1,12 @@
-"""``--target cpu``: ONNX graphs for onnxruntime; INT8 as onnxruntime dynamic quantisation."""
+"""``--target cpu``: ONNX graphs for onnxruntime; graphs that stay FP32 get onnxruntime's transformer
+fusions, INT8 is onnxruntime dynamic quantisation (after untying transposed weights); see
+:mod:`edgevlp.export.optimize` for what each pays."""
 
 from __future__ import annotations
 
 from edgevlp.errors import InputError
 from edgevlp.export.context import ExportContext
+from edgevlp.export.optimize import optimize_graphs, untie_graphs
 
 __all__ = ["write"]
 
@@ -15,6 +18,8 @@ def write(ctx: ExportContext) -> None:
     if ctx.precision == "int8" and not ctx.prequantized:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        # Fused graphs quantise worse than the exported ones (see optimize.py): untie only.
+        untie_graphs(ctx)
         for graph in ctx.graphs:
             src = ctx.root / graph.file
             tmp = src.with_suffix(".int8.onnx")
@@ -25,3 +30,7 @@ def write(ctx: ExportContext) -> None:
             "detail": "weights int8 (per-tensor), activations quantised at run time; no calibration. "
                       "For calibrated static INT8 use `edgevlp compress` first.",
         }
+        return
+    # FP32 graphs (and the FP32 graphs of an `edgevlp compress` output; its QDQ graphs are skipped).
+    # The table is keyed by family: without ``ctx.family`` nothing is fused and the notes say so.
+    optimize_graphs(ctx, getattr(ctx, "family", None))
