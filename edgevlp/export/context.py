@@ -28,6 +28,8 @@ class ExportContext:
     progress: Progress
     sample_feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     prequantized: bool = False
+    #: the model family (``blip``, ``owlvit``, ...): keys per-family tables such as graph optimisation
+    family: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
     def graphs_by_role(self) -> dict[str, GraphSpec]:

@@ -32,5 +32,4 @@ def write(ctx: ExportContext) -> None:
         }
         return
     # FP32 graphs (and the FP32 graphs of an `edgevlp compress` output; its QDQ graphs are skipped).
-    # The table is keyed by family: without ``ctx.family`` nothing is fused and the notes say so.
-    optimize_graphs(ctx, getattr(ctx, "family", None))
+    optimize_graphs(ctx, ctx.family)
