@@ -25,7 +25,13 @@ TINY_WORDS: tuple[str, ...] = tuple(
 def wordpiece_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     """BERT-style WordPiece (BLIP): [PAD]=0, [UNK], [CLS], [SEP], [MASK], [DEC] (decoder bos)."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(words) - set(specials)))}
+    return _bert_wordpiece(specials + sorted(set(words) - set(specials)))
+
+
+def _bert_wordpiece(tokens: list[str], **extra: object) -> PreTrainedTokenizerFast:
+    """A BERT WordPiece tokenizer over ``tokens`` (ids = positions): lower-casing, [CLS] .. [SEP]
+    template, [DEC] as bos (BLIP's decoder start)."""
+    vocab = {tok: i for i, tok in enumerate(tokens)}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -36,7 +42,7 @@ def wordpiece_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.WordPiece()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]",
+        sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]", **extra,
     )
 
 
@@ -125,19 +131,7 @@ def bert_tokenizer(vocab_size: int = 30524, words: Iterable[str] = TINY_WORDS) -
     tail = ["[DEC]", "[ENC]"]
     body = _body(words, continuations=True, exclude=head + tail)
     tokens = _fill(head + body, vocab_size - len(tail), "[unused{}]", start=99) + tail
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    tok.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", bos_token="[DEC]", additional_special_tokens=["[ENC]"],
-    )
+    return _bert_wordpiece(tokens, additional_special_tokens=["[ENC]"])
 
 
 def gpt2_tokenizer(vocab_size: int = 50257, words: Iterable[str] = TINY_WORDS) -> PreTrainedTokenizerFast:
