@@ -170,8 +170,9 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model dir, demo-zoo name or hub id")
     p.add_argument("--recipe", required=True, help="TOML recipe (see recipes/)")
     p.add_argument("-o", "--output", required=True, help="output directory")
-    p.add_argument("--calib", help="calibration source replacing the recipe's: shapes:train, a folder of "
-                                   "images, coco:PATH")
+    p.add_argument("--calib", help="calibration source replacing the recipe's: a folder of your images, "
+                                   "photos (bundled real photos), shapes:train, coco:PATH (the shipped "
+                                   "recipes' 'auto': shapes:train for demo models, photos otherwise)")
     p.add_argument("--teacher", help="teacher model for distillation (default: the input model)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--resume", action="store_true",
@@ -207,7 +208,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if not args.json:
         print(f"wrote {out} (report.json, compression.json); next: edgevlp export {out} -o BUNDLE "
-              "--target cpu --precision int8")
+              "--target cpu (the precision and parity tolerance come from compression.json)")
     return 0
 
 
@@ -216,7 +217,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument("--target", required=True, choices=["cpu", "openvino", "jetson", "laptop-gpu"])
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
-                   help="default: the profile's (fp32 for cpu/openvino, fp16 for jetson/laptop-gpu)")
+                   help="default: an `edgevlp compress` output's own (int8 when it holds INT8 graphs; "
+                        "another value is an error), else the profile's (fp32 for cpu/openvino, fp16 for "
+                        "jetson/laptop-gpu)")
     p.add_argument("--profile", help="target profile TOML (export/targets/NAME.toml)")
     p.add_argument("--opset", type=int, help="ONNX opset")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")

@@ -58,6 +58,13 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("[[stages]]\n[stages.smash]\nratio = 0.1\n", "stages[0].smash"),
     ("[[stages]]\n[stages.quant]\n\n[[stages]]\n[stages.prune]\n", "stages"),
     ("extra = 1\n[[stages]]\n[stages.quant]\n", "extra"),
+    ("[[stages]]\n[stages.quant]\nschemes = [\"ptq_dynamic\"]\n", "stages[0].quant.schemes"),
+    ("[[stages]]\n[stages.quant]\nmethod = \"auto\"\nschemes = [\"int4\"]\n", "stages[0].quant.schemes"),
+    ("[[stages]]\n[stages.quant]\nmethod = \"auto\"\nbackend = \"openvino\"\nschemes = [\"ptq_dynamic\"]\n",
+     "stages[0].quant.schemes"),
+    ("[[stages]]\n[stages.quant]\nop_types = [\"matmul\"]\n", "stages[0].quant.op_types"),
+    ("[[stages]]\n[stages.quant]\n[stages.quant.calibration]\nmax_samples = 0\n",
+     "stages[0].quant.calibration.max_samples"),
 ])
 def test_bad_recipe_names_the_field(tmp_path: Path, body: str, field: str) -> None:
     with pytest.raises(RecipeError) as err:

@@ -287,6 +287,7 @@ def test_quantised_input_stays_qdq(exported, tiny_model_dir, tmp_path) -> None:
     quantize_static(str(src / "vision_encoder.onnx"), str(comp / "vision_encoder.qdq.onnx"), Reader(),
                     quant_format=QuantFormat.QDQ)
     (comp / "compression.json").write_text(json.dumps({
+        "format": "edgevlp-compressed", "format_version": 1,
         "base_model": "model", "graphs": {"vision_encoder": "vision_encoder.qdq.onnx"},
         "recipe": {"name": "test-int8", "stages": [{"quant": {"method": "ptq_static"}}]}}))
     manifest = export_model(comp, tmp_path / "bundle", target="cpu", precision="int8", progress=False)
@@ -318,6 +319,7 @@ def test_quantised_openvino_ir_is_kept(exported, tiny_model_dir, tmp_path) -> No
     ov.save_model(nncf.compress_weights(ir, mode=nncf.CompressWeightsMode.INT8_ASYM),
                   str(comp / "image_encoder.int8.xml"), compress_to_fp16=False)
     (comp / "compression.json").write_text(json.dumps({
+        "format": "edgevlp-compressed", "format_version": 1,
         "base_model": "model", "graphs": {}, "openvino_graphs": {"image_encoder": "image_encoder.int8.xml"},
         "recipe": {"name": "ov-weight-only"}}))
     manifest = export_model(comp, tmp_path / "bundle", target="openvino", precision="int8", progress=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgevlp.compress.record import COMPRESSED_FORMAT  # ``format`` of ``compression.json``
 from edgevlp.compress.recipe import (RECIPE_VERSION, CalibrationConfig, DistillConfig, FallbackConfig,
                                      PruneConfig, QuantConfig, QuantScheme, Recipe, load_recipe)
 
@@ -22,8 +23,6 @@ __all__ = ["RECIPE_VERSION", "CalibrationConfig", "DistillConfig", "FallbackConf
            "QuantConfig", "QuantScheme", "Recipe", "load_recipe", "compress_model", "apply_stage",
            "COMPRESSED_FORMAT"]
 
-#: ``format`` of ``compression.json``.
-COMPRESSED_FORMAT = "edgevlp-compressed"
 
 
 def __getattr__(name: str) -> Any:  # heavy entry points, imported on first use

@@ -2,8 +2,12 @@
 
 ``ptq_static``: ``nncf.quantize(model_type=TRANSFORMER)`` with the calibration feeds (MinMax or quantile
 range estimators); ``weight_only``: ``nncf.compress_weights`` (INT8_SYM / INT8_ASYM). Nodes the recipe
-or the fallback keeps in FP32 are passed as an ``IgnoredScope`` of the OpenVINO operations named after
-the ONNX nodes' outputs (best effort: ``validate=False``, since conversion may fuse some of them).
+or the fallback keeps in FP32 are passed as an ``IgnoredScope`` of the OpenVINO operations that produce
+the ONNX nodes' output tensors (best effort: ``validate=False``, since conversion may fuse some of them).
+
+NNCF collects its statistics inside ``nncf.quantize`` (it has no API taking precomputed ranges), so
+:meth:`OpenVINOBackend.calibrate` returns ``None`` and every fallback candidate is quantised (and
+calibrated) again; the candidates are ordered by measuring each group alone (no attribution pass).
 """
 
 from __future__ import annotations
@@ -35,20 +39,45 @@ class OpenVINOBackend:
             raise BackendUnavailableError("backend 'openvino' needs openvino and nncf "
                                           "(pip install 'edgevlp[openvino,compress]')") from None
 
-    def quantize(self, role: str, src: Path, dst: Path, cfg: QuantConfig, calib: list[dict[str, np.ndarray]],
-                 exclude: set[str], cache: Path, nonfinite: frozenset[str] = frozenset()) -> dict[str, Any]:
+    def calibrate(self, role: str, src: Path, cfg: QuantConfig, calib: list[dict[str, np.ndarray]],
+                  progress: Callable[[int], None] | None = None) -> None:
+        """NNCF calibrates inside :meth:`quantize`; the feeds are kept for it."""
+        self._calib = calib
+
+    def probe(self, src: Path, cfg: QuantConfig, feeds: list[dict[str, np.ndarray]]) -> frozenset[str]:
+        from edgevlp.compress._ort import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend().probe(src, cfg, feeds)
+
+    def derive(self, scheme: str, base: Path, src: Path, exclude: set[str]) -> None:
+        return None  # IR candidates are quantised again
+
+    def attribute(self, src: Path, quantized: Path, groups: dict[str, list[str]],
+                  feeds: list[dict[str, np.ndarray]]) -> None:
+        return None  # no tensor-name mapping from IR back to ONNX: order by solo sensitivity
+
+    def quantize(self, role: str, src: Path, dst: Path, cfg: QuantConfig, scheme: str, exclude: set[str],
+                 ranges: None, work: Path) -> dict[str, Any]:
         import nncf
         import openvino as ov
 
         model = ov.convert_model(str(src))
         outputs = {n.name: n.output[0] for n in onnx.load(str(src), load_external_data=False).graph.node
                    if n.output}
-        ignored = nncf.IgnoredScope(names=sorted(outputs[n] for n in exclude if n in outputs), validate=False)
-        if cfg.method == "weight_only":
+        # OpenVINO keeps the ONNX tensor names on its ops' outputs, not the node names: find the op
+        # producing each excluded node's output (its friendly name is what IgnoredScope matches)
+        producer = {name: op.get_friendly_name() for op in model.get_ops() for out in op.outputs()
+                    for name in out.get_names()}
+        ignored = nncf.IgnoredScope(names=sorted({producer.get(outputs[n], outputs[n]) for n in exclude
+                                                  if n in outputs}), validate=False)
+        calib = getattr(self, "_calib", None)
+        if scheme == "weight_only":
             mode = nncf.CompressWeightsMode.INT8_SYM if cfg.weights.symmetric else nncf.CompressWeightsMode.INT8_ASYM
             model = nncf.compress_weights(model, mode=mode, ignored_scope=ignored)
             details = {"format": f"OpenVINO IR, nncf.compress_weights {mode.name}", "weights": "int8"}
-        elif cfg.method == "ptq_static":
+        elif scheme == "ptq_static":
+            if not calib:
+                raise ValueError("static INT8 needs calibration feeds: call calibrate() first")
             from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
             from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
@@ -64,11 +93,11 @@ class OpenVINOBackend:
                        "preset": preset.name, "calibration": cfg.calibration.method,
                        "calibration_samples": len(calib)}
         else:
-            raise ValueError(f"method {cfg.method!r} is not offered by the openvino backend")
+            raise ValueError(f"scheme {scheme!r} is not offered by the openvino backend")
         ov.save_model(model, str(dst), compress_to_fp16=False)
         return details
 
-    def runner(self, path: Path, threads: int = 0) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    def runner(self, path: Path | bytes, threads: int = 0) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
         import openvino as ov
 
         config = {"INFERENCE_NUM_THREADS": threads} if threads else {}

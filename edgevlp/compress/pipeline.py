@@ -4,8 +4,8 @@ Output (written atomically)::
 
     DIR/model/               the (pruned/distilled) model, save_pretrained: safetensors + configs
     DIR/<role>.int8.onnx     the quantised graphs (onnxruntime backend; OpenVINO: .int8.xml/.bin)
-    DIR/compression.json     {"format": "edgevlp-compressed", "format_version": 1, "base_model": "model",
-                              "graphs": {role: file}, "recipe": recipe.to_dict()}
+    DIR/compression.json     the compression record (:mod:`edgevlp.compress.record`): format, precision,
+                             graphs by role, scheme per graph, parity tolerance, the recipe
     DIR/recipe.toml          the recipe as run
     DIR/report.json          params, sizes, per-stage time, cosine/max-diff vs FP32, latency, fallback
 """
@@ -22,18 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from edgevlp.bundle import atomic_directory
-from edgevlp.compress import COMPRESSED_FORMAT
 from edgevlp.compress.cache import cacheable_prefix, lookup, read_reports, stage_key, store
 from edgevlp.compress.distill import teacher_copy
 from edgevlp.compress.recipe import DistillConfig, PruneConfig, QuantConfig, Recipe, load_recipe, to_toml
+from edgevlp.compress.record import COMPRESSED_FORMAT, FORMAT_VERSION
 from edgevlp.compress.stages import apply_stage
 from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
 from edgevlp.models.base import ModelAdapter
 
 __all__ = ["compress_model", "format_report", "FORMAT_VERSION"]
-
-FORMAT_VERSION = 1
 
 
 def _with_calibration(recipe: Recipe, source: str) -> Recipe:
@@ -46,6 +44,53 @@ def _with_calibration(recipe: Recipe, source: str) -> Recipe:
             s = dataclasses.replace(s, calibration_source=source)
         stages.append(s)
     return dataclasses.replace(recipe, stages=tuple(stages))
+
+
+def _shapes_model(model: str | os.PathLike[str] | ModelAdapter) -> bool:
+    """Was ``model`` trained on shape scenes (so calibration source ``auto`` means shapes:train)?"""
+    from edgevlp.compress._photos import trained_on_shapes
+    from edgevlp.zoo import ZOO_NAMES
+
+    if isinstance(model, ModelAdapter):
+        source = str(model.source)
+        return source in ZOO_NAMES or (Path(source).is_dir() and trained_on_shapes(Path(source)))
+    from edgevlp.models import resolve_model_dir
+
+    return trained_on_shapes(resolve_model_dir(model))
+
+
+def _runnable(recipe: Recipe, shapes_model: bool) -> tuple[Any, ...]:
+    """The stages to run: QAT's calibration source ``auto`` resolved (PTQ resolves and reports its own)."""
+    from edgevlp.compress._photos import resolve_source
+
+    out = []
+    for s in recipe.stages:
+        if isinstance(s, QuantConfig) and s.method == "qat":
+            source = resolve_source(s.calibration.source, shapes_model=shapes_model)
+            s = dataclasses.replace(s, calibration=dataclasses.replace(s.calibration, source=source))
+        out.append(s)
+    return tuple(out)
+
+
+def _record(state: CompressState, recipe: Recipe, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """compression.json (see :mod:`edgevlp.compress.record`)."""
+    quant = next((st for st in stages if st.get("stage") == "quant"), {})
+    graphs = {r: g for r, g in (quant.get("graphs") or {}).items() if g.get("quantized")}
+    cfg = recipe.quant
+    fallback = cfg.fallback if cfg is not None else None
+    record: dict[str, Any] = {
+        "format": COMPRESSED_FORMAT, "format_version": FORMAT_VERSION, "base_model": "model",
+        "precision": "int8" if state.quantized else None,
+        "graphs": {r: f for r, f in state.quantized.items() if f.endswith(".onnx")},
+        "schemes": {r: g.get("scheme", cfg.method if cfg else "ptq_static") for r, g in graphs.items()},
+        "parity": {"min_cosine": fallback.min_cosine if fallback else None,
+                   "max_rel_diff": fallback.max_rel_diff if fallback else None,
+                   "measured": {r: g["min_cosine"] for r, g in graphs.items() if "min_cosine" in g}},
+        "recipe": recipe.to_dict()}
+    other = {r: f for r, f in state.quantized.items() if not f.endswith(".onnx")}
+    if other:  # OpenVINO IR: `edgevlp export --target openvino` copies it as it is
+        record["openvino_graphs"] = other
+    return record
 
 
 def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe | str | os.PathLike[str],
@@ -93,7 +138,11 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
     if trains and checkpoints.is_dir() and not resume:
         raise InputError(f"{checkpoints} holds checkpoints of an interrupted run: pass --resume to continue "
                          "it, or delete the folder to start over")
-    metric_before = _metric(adapter, eval_data, eval_n) if eval_data else None
+    from edgevlp.models.presets import RANDOM_WEIGHTS_NOTE, preset_record
+
+    random_weights = preset_record(adapter.model.config) is not None  # an arch: preset: no metric to measure
+    measure = bool(eval_data) and not random_weights
+    metric_before = _metric(adapter, eval_data, eval_n) if measure else None
     source = model.source if isinstance(model, ModelAdapter) else os.fspath(model)
     params_before = adapter.parameter_counts()
     prefix = cacheable_prefix(effective.stages) if cache and not isinstance(model, ModelAdapter) else 0
@@ -105,11 +154,13 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
         adapter.source = source
         cached_reports = [{**r, "cached": str(hit)} for r in read_reports(hit)]
     t_start = time.perf_counter()
+    shapes_model = _shapes_model(model)
     with atomic_directory(output, force=force) as tmp, tempfile.TemporaryDirectory(prefix="edgevlp-compress-") as work:
         state = CompressState(adapter=adapter, out=tmp, work=Path(work), teacher=teacher_adapter,
-                              progress=progress, checkpoints=checkpoints, resume=resume)
+                              progress=progress, checkpoints=checkpoints, resume=resume,
+                              shapes_model=shapes_model)
         stages = list(cached_reports)
-        for i, (name, stage) in enumerate(zip(effective.stage_names(), effective.stages)):
+        for i, (name, stage) in enumerate(zip(effective.stage_names(), _runnable(effective, shapes_model))):
             if i < len(cached_reports):
                 continue
             t0 = time.perf_counter()
@@ -124,21 +175,19 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
             shutil.copyfile(recipe_file, tmp / "recipe.toml")
         else:
             (tmp / "recipe.toml").write_text(to_toml(effective), encoding="utf-8")
-        compression = {"format": COMPRESSED_FORMAT, "format_version": FORMAT_VERSION, "base_model": "model",
-                       "graphs": {r: f for r, f in state.quantized.items() if f.endswith(".onnx")},
-                       "recipe": effective.to_dict()}
-        other = {r: f for r, f in state.quantized.items() if not f.endswith(".onnx")}
-        if other:  # OpenVINO IR: `edgevlp export --target openvino` copies it as it is
-            compression["openvino_graphs"] = other
+        compression = _record(state, effective, stages)
+        other = compression.get("openvino_graphs") or {}
         (tmp / "compression.json").write_text(json.dumps(compression, indent=2) + "\n", encoding="utf-8")
         metric_after = None
-        if eval_data:
+        if measure:
             state.log(f"measuring the task metric on {eval_n} images of {eval_data}")
-            metric_after = _metric_compressed(tmp, Path(work), eval_data, eval_n) if state.quantized \
+            metric_after = _metric_compressed(tmp, Path(work), eval_data, eval_n, "openvino" if other else "cpu") \
+                if state.quantized \
                 else _metric(adapter, eval_data, eval_n)
         report = {
             "format": "edgevlp-compress-report", "model": source, "family": adapter.family,
-            "metric": _metric_summary(metric_before, metric_after, eval_data, eval_n),
+            "metric": _metric_summary(metric_before, metric_after, eval_data, eval_n) if not random_weights else
+                      {"skipped": f"{RANDOM_WEIGHTS_NOTE} (arch: preset): no task metric"},
             "stage_cache": {"key": key, "reused": str(hit) if hit else None} if key else None,
             "recipe": effective.name, "recipe_file": str(recipe_file) if recipe_file else None,
             "calibration_override": calib,
@@ -146,7 +195,7 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
             "stages": stages, "seconds": round(time.perf_counter() - t_start, 2),
             "model_dir_bytes": sum(p.stat().st_size for p in (tmp / "model").iterdir()),
             "notes": ([f"OpenVINO INT8 IR ({', '.join(other.values())}) is in {Path(output).name}/; "
-                       "export it with `edgevlp export DIR --target openvino --precision int8`"]
+                       "export it with `edgevlp export DIR --target openvino`"]
                       if other else []),
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -165,12 +214,12 @@ def _metric(model: Any, data: str, n: int) -> dict[str, float]:
     return {k: round(float(result[k]), 4) for k in _METRIC_KEYS if k in result}
 
 
-def _metric_compressed(out: Path, work: Path, data: str, n: int) -> dict[str, float]:
+def _metric_compressed(out: Path, work: Path, data: str, n: int, target: str) -> dict[str, float]:
     """The metric of the compressed directory as deployed: exported to a CPU bundle (INT8 graphs)."""
     from edgevlp.export import export_model
 
     bundle = work / "eval-bundle"
-    export_model(out, bundle, target="cpu", precision="int8", skip_parity=True, progress=False)
+    export_model(out, bundle, target=target, skip_parity=True, progress=False)
     return _metric(bundle, data, n)
 
 
@@ -193,7 +242,9 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [f"compressed   {r['model']} ({r['family']}) with recipe {r['recipe']} in {r['seconds']:.1f}s",
              f"parameters   {p0:,} -> {p1:,} ({p1 / p0:.1%})"]
     m = r.get("metric")
-    if m:
+    if m and m.get("skipped"):
+        lines.append(f"metric       n/a: {m['skipped']}")
+    elif m:
         lines.append(f"metric       {m['data']} ({m['images']} images), before -> after: " + ", ".join(
             f"{k} {m['before'][k]:.4f} -> {m['after'][k]:.4f} ({m['after_over_before'].get(k, 0):.1%})"
             for k in m["before"] if k in m["after"]))
@@ -216,9 +267,10 @@ def format_report(r: dict[str, Any]) -> str:
         if st["stage"] != "quant":
             continue
         cal = st["calibration"]
+        asked = f" ({cal['source_asked']})" if cal.get("source_asked") else ""
         lines.append(f"  {st['method']} on {st['backend']}; calibration {cal['method']} on {cal['frames']} frames "
-                     f"of {cal['source']}; checked on {cal['held_out_frames']} held-out frames + real photos")
-        lines.append(f"  {'graph':<15} {'cosine':>8} {'max|diff|':>10} {'size fp32->int8':>22} "
+                     f"of {cal['source']}{asked}; checked on {cal['held_out_frames']} held-out frames + real photos")
+        lines.append(f"  {'graph':<15} {'scheme':<12} {'cosine':>8} {'max|diff|':>10} {'size fp32->int8':>22} "
                      f"{'latency ms fp32->int8':>24}")
         for role, g in st["graphs"].items():
             if not g["quantized"]:
@@ -227,14 +279,23 @@ def format_report(r: dict[str, Any]) -> str:
             diff = max(v["max_abs_diff"] for v in g["outputs"].values()) if g["outputs"] else 0.0
             size = f"{_mb(g['bytes_fp32'])}->{_mb(g['bytes_int8'])} ({g['size_ratio']:.2f}x)"
             lat = f"{g['latency_ms_fp32']:.2f}->{g['latency_ms_int8']:.2f} ({g['speedup']:.2f}x)"
-            lines.append(f"  {role:<15} {g['min_cosine']:>8.4f} {diff:>10.3g} {size:>22} {lat:>24}")
+            lines.append(f"  {role:<15} {g.get('scheme', st['method']):<12} {g['min_cosine']:>8.4f} {diff:>10.3g} "
+                         f"{size:>22} {lat:>24}")
+            schemes = g.get("schemes") or {}
+            if len(schemes) > 1:
+                lines.append("    schemes (all INT8): " + "; ".join(
+                    f"{k} {v['latency_ms']:.2f} ms, cosine {v['min_cosine_search']:.4f}"
+                    + ("" if v["within_tolerance"] else " (beyond tolerance)") for k, v in schemes.items())
+                    + f" -> {g['scheme_rule']}")
             fb = g.get("fallback")
-            if fb:
+            if fb and fb["kept_fp32"] or fb and not fb["met"]:
                 kept = fb["kept_fp32"]
                 state = "met" if fb["met"] else "NOT met"
                 lines.append(f"    fallback: all-INT8 cosine {fb['score_all_int8']:.4f} -> {fb['score_final']:.4f}, "
-                             f"tolerance {fb['tolerance']} {state}; kept in FP32: "
-                             + (", ".join(f"{k['group']} (alone -> {k['score_if_only_this_fp32']:.4f})"
-                                          for k in kept) or "none"))
+                             f"tolerance {fb['tolerance']} {state} ({fb['evaluations']} evaluations); kept in FP32: "
+                             + (", ".join(k["group"] + (f" (alone -> {k['score_if_only_this_fp32']:.4f})"
+                                                       if "score_if_only_this_fp32" in k else
+                                                       f" (adds noise {k['noise_added']:.3g})") for k in kept)
+                                or "none"))
     lines += [f"note         {n}" for n in r.get("notes", [])]
     return "\n".join(lines)

@@ -20,7 +20,7 @@ TOML layout (one table per stage, keyed by its type)::
     [stages.quant.calibration]
     method = "percentile"
     size = 64
-    source = "shapes:train"
+    source = "auto"                            # shapes:train for demo models, real photos otherwise
     [stages.quant.fallback]
     min_cosine = 0.99
 
@@ -49,7 +49,7 @@ from typing import Any
 
 from edgevlp.errors import RecipeError
 
-__all__ = ["RECIPE_VERSION", "PruneConfig", "DistillConfig", "CalibrationConfig", "QuantScheme",
+__all__ = ["RECIPE_VERSION", "AUTO_SCHEMES", "PruneConfig", "DistillConfig", "CalibrationConfig", "QuantScheme",
            "FallbackConfig", "QuantConfig", "Recipe", "StageConfig", "load_recipe", "to_toml", "STAGE_KEYS"]
 
 #: The recipe format version this edgevlp reads and writes.
@@ -59,7 +59,10 @@ PRUNE_TARGETS = ("heads", "neurons")
 PRUNE_PARTS = ("vision", "text")
 PRUNE_SCOPES = ("global", "per_layer")
 IMPORTANCE_METHODS = ("taylor", "activation", "magnitude")
-QUANT_METHODS = ("ptq_static", "ptq_dynamic", "weight_only", "qat")
+QUANT_METHODS = ("ptq_static", "ptq_dynamic", "weight_only", "qat", "auto")
+#: the INT8 schemes ``method = "auto"`` measures per graph (fastest within the accuracy bound wins).
+AUTO_SCHEMES = ("ptq_static", "ptq_dynamic", "weight_only")
+_OP_TYPE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 QUANT_BACKENDS = ("onnxruntime", "openvino")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -223,21 +226,29 @@ class DistillConfig(_Config):
 class CalibrationConfig(_Config):
     """Calibration data and range estimator for static quantisation.
 
-    ``source``: ``shapes:train`` (procedural scenes), a folder of images, or ``coco:PATH``; ``size``
-    images are used (the decoder is calibrated on every step of a greedy decode of each image).
-    ``percentile`` is used by ``method = "percentile"`` only.
+    ``source``: ``auto`` (``shapes:train`` for a model trained on shape scenes, the demo zoo; the
+    bundled real ``photos`` for any other model), ``shapes:train`` (procedural scenes), ``photos``, a
+    folder of images, or ``coco:PATH``; ``size`` images are used (the decoder is calibrated on every
+    step of a greedy decode of each image). ``percentile`` is used by ``method = "percentile"`` only.
+    ``max_samples``: the most feeds one graph is calibrated on, evenly spaced (a decoder gives one per
+    generated token: 64 images x 16 steps is four times more than its ranges need, at ~20 ms each on a
+    BERT-base step). Ranges are collected once per graph and reused by every scheme and fallback
+    candidate.
     """
 
     method: str = "minmax"
     size: int = 64
-    source: str = "shapes:train"
+    source: str = "auto"
     percentile: float = 99.999
+    max_samples: int = 256
 
     def _validate(self) -> None:
         self._choice("method", CALIBRATION_METHODS)
         self._range("size", "an integer in 1..100000", 1 <= self.size <= 100_000)
-        self._range("source", "shapes:SPLIT, a folder of images or coco:PATH", bool(self.source.strip()))
+        self._range("source", "auto, shapes:SPLIT, photos, a folder of images or coco:PATH",
+                    bool(self.source.strip()))
         self._range("percentile", "a number with 90 < percentile <= 100", 90 < self.percentile <= 100)
+        self._range("max_samples", "an integer in 1..1000000", 1 <= self.max_samples <= 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -285,9 +296,17 @@ class QuantConfig(_Config):
     """INT8 quantisation of the exported graphs.
 
     ``include`` / ``exclude`` are fnmatch patterns tried on every node's name, its op type and its graph
-    role (``vision_encoder``, ``text_decoder``, ``image_encoder``, ``text_encoder``): a node is
-    quantised when some include pattern matches it and no exclude pattern does. ``train`` (QAT only):
-    the fine-tuning schedule, distilled from the FP32 model.
+    role (``vision_encoder``, ``text_decoder``, ...): a node is quantised when its op type is one of
+    ``op_types``, some include pattern matches it and no exclude pattern does (``op_types`` defaults to
+    the matrix products: quantising the Add/Mul/Softmax around them too costs a requantisation per op
+    and was slower on CPU). ``train`` (QAT only): the fine-tuning schedule, distilled from the FP32
+    model.
+
+    ``method = "auto"`` measures each of ``schemes`` (default: every scheme the backend offers, from
+    ``ptq_static``, ``ptq_dynamic``, ``weight_only``) on every graph and keeps the fastest whose outputs
+    stay within ``fallback.min_cosine`` (and ``max_rel_diff``) of FP32; without a fallback table, the
+    fastest. ``weight_only`` on onnxruntime is blockwise (``MatMulNBits``, 32 weights per scale) whatever
+    ``weights.per_channel`` says (which applies to the other two).
     """
 
     method: str = "ptq_static"
@@ -297,12 +316,20 @@ class QuantConfig(_Config):
     weights: QuantScheme = field(default_factory=lambda: QuantScheme(symmetric=True, per_channel=True))
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    schemes: tuple[str, ...] = ()
     fallback: FallbackConfig | None = None
     train: DistillConfig | None = None
 
     def _validate(self) -> None:
         self._choice("method", QUANT_METHODS)
         self._choice("backend", QUANT_BACKENDS)
+        if not self.op_types or not all(_OP_TYPE.match(t) for t in self.op_types):
+            raise self._fail("op_types", "a non-empty list of ONNX op types (e.g. ['MatMul', 'Gemm', 'Conv'])")
+        if self.schemes and self.method != "auto":
+            raise self._fail("schemes", f"no schemes list: only method 'auto' reads it (method is {self.method!r})")
+        if self.schemes:
+            self._subset("schemes", AUTO_SCHEMES)
         if not self.include:
             raise self._fail("include", "at least one pattern ('*' quantises everything)")
         _check_patterns(self, "include")
@@ -318,13 +345,27 @@ class QuantConfig(_Config):
             raise _bad("weights.per_channel", True, "false for method 'weight_only' on onnxruntime (its "
                        "MatMulNBits INT8 weights are blockwise, one scale per 32 weights)", "QuantConfig")
         if self.backend == "openvino":
-            if self.method == "ptq_dynamic":
-                raise self._fail("method", "ptq_static, weight_only or qat for backend 'openvino' "
+            if self.method == "ptq_dynamic" or "ptq_dynamic" in self.schemes:
+                raise self._fail("method" if self.method == "ptq_dynamic" else "schemes",
+                                 "ptq_static, weight_only, qat or auto for backend 'openvino' "
                                  "(OpenVINO has no dynamic quantisation; use backend 'onnxruntime')")
             if self.calibration.method == "entropy":
                 raise _bad("calibration.method", "entropy",
                            "'minmax' or 'percentile' for backend 'openvino' (entropy is onnxruntime-only)",
                            "QuantConfig")
+
+    def candidate_schemes(self) -> tuple[str, ...]:
+        """The INT8 schemes to try on each graph: ``(method,)``, or for ``auto`` its ``schemes`` (default:
+        every scheme the backend offers).
+
+        Example:
+            >>> QuantConfig(method="auto", backend="openvino").candidate_schemes()
+            ('ptq_static', 'weight_only')
+        """
+        if self.method != "auto":
+            return (self.method,)
+        offered = tuple(s for s in AUTO_SCHEMES if self.backend != "openvino" or s != "ptq_dynamic")
+        return self.schemes or offered
 
 
 StageConfig = typing.Union[PruneConfig, DistillConfig, QuantConfig]

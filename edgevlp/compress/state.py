@@ -21,6 +21,8 @@ class CompressState:
     ``resume`` whether they continue from it.
     ``fp32_graphs`` (role -> ONNX path) are exported on first use from the *current* model;
     ``quantized`` (role -> file name in ``out``) are what `compression.json` lists.
+    ``shapes_model``: the model was trained on shape scenes (the demo zoo), so a calibration source
+    ``auto`` means ``shapes:train`` rather than real photos.
     """
 
     adapter: ModelAdapter
@@ -31,6 +33,7 @@ class CompressState:
     checkpoints: Path | None = None
     resume: bool = False
     progress: bool = True
+    shapes_model: bool = False
     quantized: dict[str, str] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     _fp32: dict[str, Path] | None = None
@@ -56,6 +59,12 @@ class CompressState:
             import sys
 
             print(f"[compress] {text}", file=sys.stderr, flush=True)
+
+    def bar(self, label: str, total: int | None, unit: str = "") -> Any:
+        """A progress line with an ETA for a counted loop (:class:`edgevlp.export.progress.Bar`)."""
+        from edgevlp.export.progress import Bar
+
+        return Bar(label, total, enabled=self.progress, prefix="compress", unit=unit)
 
     def model_changed(self) -> None:
         """Call after changing the torch model: the FP32 graphs are exported again when next needed."""

@@ -34,7 +34,8 @@ WRITERS: dict[str, str] = {
     "jetson": "edgevlp.export.tensorrt_target:write",
     "laptop-gpu": "edgevlp.export.tensorrt_target:write",
 }
-#: Written by `edgevlp compress` beside its output: recipe, and optionally QDQ ONNX graphs by role.
+#: Written by `edgevlp compress` beside its output (:mod:`edgevlp.compress.record`): precision, parity
+#: tolerance, the quantised graphs by role, the recipe.
 COMPRESSION_FILE = "compression.json"
 #: INT8 outputs also pass parity when their cosine to the source reaches this (see parity._Diffs).
 INT8_MIN_COSINE = 0.99
@@ -85,10 +86,19 @@ def _sample_feeds(graphs: list[GraphExport], pixels: np.ndarray) -> dict[str, di
 
 
 def _read_compression(model_dir: Path | None) -> dict[str, Any] | None:
-    if model_dir is None or not (model_dir / COMPRESSION_FILE).is_file():
-        return None
-    return read_json_object(model_dir / COMPRESSION_FILE, InputError,
-                            "re-run `edgevlp compress` to write it again")
+    from edgevlp.compress.record import read_compression
+
+    return read_compression(model_dir)
+
+
+def _int8_tolerance(compression: dict[str, Any] | None, rtol: float) -> tuple[float, float]:
+    """(rtol, min_cosine) of an INT8 parity check: the compression record's, else the defaults."""
+    from edgevlp.compress.record import parity_tolerance
+
+    recorded = parity_tolerance(compression) if compression else {}
+    min_cosine = recorded.get("min_cosine")
+    rel = recorded.get("max_rel_diff")
+    return (rtol if rel is None else float(rel)), (INT8_MIN_COSINE if min_cosine is None else float(min_cosine))
 
 
 def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.PathLike[str], *,
@@ -96,6 +106,11 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
                  profile: str | os.PathLike[str] | None = None, opset: int | None = None,
                  force: bool = False, skip_parity: bool = False, progress: bool = True) -> Manifest:
     """Export ``model`` (dir, zoo name, hub id, adapter or `edgevlp compress` output) as a bundle.
+
+    An `edgevlp compress` output is exported at the precision its ``compression.json`` records (INT8
+    when it holds quantised graphs; a ``precision`` that contradicts it raises :class:`InputError`) and
+    its parity is checked against the tolerance the graphs were quantised to (the recipe's
+    ``fallback.min_cosine`` / ``max_rel_diff``).
 
     Example:
         >>> from edgevlp.export import export_model
@@ -112,7 +127,6 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
         raise BundleError(f"output directory {out} is not empty; pass --force to replace it")
     prof = load_profile(profile or TARGETS[target])
     check_profile_target(prof, target)
-    precision = precision or prof.precision
     opset = opset or DEFAULT_OPSET
     if not 14 <= opset <= 21:
         raise InputError(f"--opset {opset} is outside the supported range 14..21")
@@ -120,14 +134,23 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
 
     model_dir = None
     compression = None
+    if not isinstance(model, ModelAdapter):
+        from edgevlp.models import resolve_model_dir
+
+        model_dir = resolve_model_dir(model)
+        compression = _read_compression(model_dir)
+    if compression is not None:  # before loading: a contradicting --precision fails fast
+        from edgevlp.compress.record import export_precision
+
+        precision = export_precision(compression, precision, target, model_dir)  # type: ignore[arg-type]
+    precision_from = "compression.json" if compression is not None and precision is not None else \
+        "--precision" if precision is not None else f"profile {prof.name}"
+    precision = precision or prof.precision
     with steps.stage("load"):
         if isinstance(model, ModelAdapter):
             adapter = model
         else:
-            from edgevlp.models import resolve_model_dir
-
-            model_dir = resolve_model_dir(model)
-            compression = _read_compression(model_dir)
+            assert model_dir is not None
             base = model_dir / compression["base_model"] if compression and "base_model" in compression \
                 else model_dir
             adapter = load_model(base)
@@ -188,12 +211,16 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
             manifest.verified = False
         else:
             atol, rtol = prof.tolerance_for(precision)
+            min_cosine = None
+            if precision == "int8":
+                rtol, min_cosine = _int8_tolerance(compression, rtol)
             with steps.stage("parity", "(source model vs exported graphs on 2 photos)"):
                 manifest.parity = check_parity(
                     adapter, manifest, atol=atol, rtol=rtol, new_tokens=20,
                     require_identical_tokens=precision == "fp32" and not (qdq or ov_ir),
-                    min_cosine=INT8_MIN_COSINE if precision == "int8" else None)
+                    min_cosine=min_cosine)
             manifest.verified = True
+        manifest.export["precision_from"] = precision_from
         manifest.export["stage_seconds"] = {k: round(v, 2) for k, v in steps.seconds.items()}
         return manifest
 
