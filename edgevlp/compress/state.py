@@ -46,11 +46,16 @@ class CompressState:
 
             folder = self.work / "fp32"
             folder.mkdir(parents=True, exist_ok=True)
-            self._fp32 = {}
-            for g in graphs_for(self.adapter):
-                path = folder / f"{g.role}.onnx"
-                export_graph(g, path)
-                self._fp32[g.role] = path
+            graphs = graphs_for(self.adapter)
+            fp32: dict[str, Path] = {}
+            with self.bar("FP32 ONNX export", len(graphs), unit="graphs") as bar:
+                for g in graphs:
+                    bar.update(0, note=g.role)
+                    path = folder / f"{g.role}.onnx"
+                    export_graph(g, path)
+                    fp32[g.role] = path
+                    bar.update(note=g.role)
+            self._fp32 = fp32
         return self._fp32
 
     def log(self, text: str) -> None:
