@@ -185,7 +185,7 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
                   for g in traced]
         spec = adapter.preprocess_spec()
         ctx = ExportContext(root=root, graphs=graphs, profile=prof, precision=precision, target=target,
-                            progress=steps, prequantized=bool(qdq or ov_ir),
+                            progress=steps, prequantized=bool(qdq or ov_ir), family=adapter.family,
                             sample_feeds=_sample_feeds(traced, parity_pixels(spec, parity_photos())))
         with steps.stage("convert", f"{target} {precision}"):
             import_object(WRITERS[target])(ctx)
@@ -197,7 +197,9 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
             graphs={g.role: g for g in ctx.graphs}, preprocess=spec.to_dict(),
             tokenizer={"file": "tokenizer.json", **adapter.tokenizer_summary()},
             generation={**adapter.generation_settings(), "max_new_tokens": prof.max_new_tokens,
-                        "decoder": "single graph; past_sequence may be 0 (first step)"}
+                        "decoder": "single graph; past_sequence may be 0 (first step)"
+                                   + ("; cross-attention keys/values from cross_kv, once per image"
+                                      if "cross_kv" in ctx.graphs_by_role() else "")}
             if is_captioner else {},
             detection=adapter.detection_settings() if not is_captioner else {},
             compression=(compression or {}).get("recipe"),
