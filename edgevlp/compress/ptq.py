@@ -171,6 +171,16 @@ def _untied(src: Path, work: Path) -> tuple[Path, int]:
     return copy, count
 
 
+
+def _run_feeds(state: Any, label: str, run: Any, feeds: list[dict[str, Any]]) -> tuple[list[list[Any]], Any]:
+    """Every feed through ``run`` under a progress bar: (outputs per feed, the finished bar)."""
+    with state.bar(label, len(feeds), unit="feeds") as bar:
+        out = []
+        for feed in feeds:
+            out.append(list(run(feed)))
+            bar.update()
+    return out, bar
+
 def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: str, fp32: Path,
                     calib: Feeds, evals: Feeds, work: Path) -> dict[str, Any]:
     src, untied = _untied(fp32, work)
@@ -183,11 +193,7 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
     t_start = time.perf_counter()
     names = backend.output_names(src)
     run_fp32 = backend.runner(src)
-    with state.bar(f"{role}: FP32 reference", len(evals), unit="feeds") as bar:
-        ref = []
-        for feed in evals:
-            ref.append(list(run_fp32(feed)))
-            bar.update()
+    ref, bar = _run_feeds(state, f"{role}: FP32 reference", run_fp32, evals)
     search = _search_indices(len(evals), bar.elapsed / len(evals))
     search_feeds = [evals[i] for i in search]
     schemes = cfg.candidate_schemes()
@@ -257,11 +263,7 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
         _copy(trials[chosen]["path"], dst)
         details, after = trials[chosen]["details"], trials[chosen]["latency_ms"]
     run_int8 = backend.runner(dst)
-    with state.bar(f"{role}: parity vs FP32", len(evals), unit="feeds") as bar:
-        got = []
-        for f in evals:
-            got.append(list(run_int8(f)))
-            bar.update()
+    got, _ = _run_feeds(state, f"{role}: parity vs FP32", run_int8, evals)
     outputs = compare(ref, got, names)
     qmodel = onnx.load(str(dst)) if dst.suffix == ".onnx" else None
     ops = sorted({n.op_type for n in qmodel.graph.node} & _INTEGER_OPS) if qmodel is not None \
