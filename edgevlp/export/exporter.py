@@ -41,7 +41,8 @@ COMPRESSION_FILE = "compression.json"
 INT8_MIN_COSINE = 0.99
 
 
-def _source_record(model: str | os.PathLike[str] | ModelAdapter, model_dir: Path | None) -> dict[str, Any]:
+def _source_record(model: str | os.PathLike[str] | ModelAdapter, model_dir: Path | None,
+                   adapter: ModelAdapter) -> dict[str, Any]:
     record: dict[str, Any] = {"model": model.source if isinstance(model, ModelAdapter) else os.fspath(model)}
     if model_dir is not None:
         files = sorted(p for p in model_dir.iterdir() if p.suffix in (".json", ".safetensors"))
@@ -50,20 +51,11 @@ def _source_record(model: str | os.PathLike[str] | ModelAdapter, model_dir: Path
 
         record["sha256"] = hashlib.sha256(digest.encode()).hexdigest()
         record["files"] = [p.name for p in files]
-    preset = preset_record(model.model.config if isinstance(model, ModelAdapter) else _dir_config(model_dir))
+    preset = preset_record(adapter.model.config)
     if preset:  # an arch: preset: real shapes, random weights
         record.update(preset=preset["name"], shapes_of=preset["source"], random_weights=True,
                       note=RANDOM_WEIGHTS_NOTE)
     return record
-
-
-def _dir_config(model_dir: Path | None) -> dict[str, Any]:
-    """config.json of a model dir, or of the base model of an `edgevlp compress` output ({} if none)."""
-    if model_dir is None:
-        return {}
-    compression = _read_compression(model_dir) or {}
-    path = model_dir / compression.get("base_model", ".") / "config.json"
-    return read_json_object(path, InputError, "re-save the model") if path.is_file() else {}
 
 
 def _versions() -> dict[str, str]:
@@ -193,7 +185,7 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
         is_captioner = isinstance(adapter, CaptionerAdapter)
         manifest = Manifest(
             task=adapter.task, family=adapter.family, architecture=adapter.architecture,
-            source=_source_record(model, model_dir), target=target, precision=precision,
+            source=_source_record(model, model_dir, adapter), target=target, precision=precision,
             graphs={g.role: g for g in ctx.graphs}, preprocess=spec.to_dict(),
             tokenizer={"file": "tokenizer.json", **adapter.tokenizer_summary()},
             generation={**adapter.generation_settings(), "max_new_tokens": prof.max_new_tokens,
