@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from edgevlp import __version__
-from edgevlp._io import read_json_object
 from edgevlp._lazy import import_object
 from edgevlp.bundle import GraphSpec, Manifest, build_bundle, file_digest
 from edgevlp.errors import BundleError, InputError
