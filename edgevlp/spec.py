@@ -16,21 +16,94 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from edgevlp.errors import ModelLoadError
+from edgevlp.errors import InputError, ModelLoadError
 
-__all__ = ["PreprocessSpec", "RESIZE_MODES", "INTERPOLATIONS"]
+__all__ = [
+    "PreprocessSpec",
+    "PreprocessSpecError",
+    "RESIZE_MODES",
+    "INTERPOLATIONS",
+    "CHANNEL_ORDERS",
+    "MAX_SPEC_SIDE",
+]
 
-#: How a frame is brought to the model's size.
+#: How a frame is brought to the model's size. The one list of mode names: the C++ extension
+#: exposes its enum by these names (``edgevlp._preprocess.Mode``) and the runtime checks they agree.
 #: ``stretch``: resize to (height, width) ignoring aspect; ``shortest_edge``: scale the short side to
-#: ``shortest_edge`` then centre-crop to ``crop``; ``pad_square``: pad bottom/right to a square with
-#: ``pad_value`` then resize (OWLv2); ``letterbox``: aspect-preserving resize, centred padding.
+#: ``shortest_edge`` then centre-crop to (height, width); ``pad_square``: pad bottom/right to a square
+#: with ``pad_value`` then resize (OWLv2); ``letterbox``: aspect-preserving resize, centred padding.
 RESIZE_MODES = ("stretch", "shortest_edge", "pad_square", "letterbox")
+#: Resize filters, with cv2.resize semantics (``edgevlp._preprocess.Interp`` has the same names).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+#: Channel order of the model input; frames arrive BGR (as cv2 reads them).
+CHANNEL_ORDERS = ("RGB", "BGR")
+#: Largest height, width, crop side and shortest_edge a spec may ask for.
+MAX_SPEC_SIDE = 16384
 
 # PIL.Image.Resampling values as stored in HF preprocessor_config.json files.
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "area", 5: "bilinear"}
+
+
+class PreprocessSpecError(ModelLoadError, InputError):
+    """A :class:`PreprocessSpec` field is invalid; the message names every bad field and what it takes.
+
+    A :class:`~edgevlp.errors.ModelLoadError` (a spec comes from a model or bundle) and an
+    :class:`~edgevlp.errors.InputError` (a ``ValueError``: a caller built it).
+    """
+
+
+class PreprocessSpecTypeError(PreprocessSpecError, TypeError):
+    """A :class:`PreprocessSpecError` where a field has the wrong type (also a ``TypeError``)."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_Report = Callable[..., None]
+
+
+def _check_side(value: object, name: str, bad: _Report) -> None:
+    if not _is_int(value):
+        bad(f"{name}={value!r} (expected an int in 1..{MAX_SPEC_SIDE})", wrong_type=True)
+    elif not 1 <= value <= MAX_SPEC_SIDE:  # type: ignore[operator]
+        bad(f"{name}={value!r} (expected an int in 1..{MAX_SPEC_SIDE})")
+
+
+def _check_choice(value: object, name: str, choices: tuple[str, ...], bad: _Report) -> None:
+    if not isinstance(value, str):
+        bad(f"{name}={value!r} (expected a str, one of {', '.join(choices)})", wrong_type=True)
+    elif value not in choices:
+        bad(f"{name}={value!r} (expected one of {', '.join(choices)}; names are case-sensitive)")
+
+
+def _check_triplet(value: object, name: str, bad: _Report) -> bool:
+    """mean / std (lists already made tuples): exactly 3 finite numbers (R, G, B). True when so."""
+    if not isinstance(value, tuple):
+        bad(f"{name}={value!r} (expected a list or tuple of 3 numbers (R, G, B))", wrong_type=True)
+    elif len(value) != 3:
+        bad(f"{name}={value!r} (expected 3 numbers (R, G, B), got {len(value)} values)")
+    elif not all(_is_real(v) for v in value):
+        bad(f"{name}={value!r} (every value must be an int or float)", wrong_type=True)
+    elif not all(math.isfinite(v) for v in value):
+        bad(f"{name}={value!r} (every value must be finite)")
+    else:
+        return True
+    return False
+
+
+def _check_real(value: object, name: str, bad: _Report, positive: bool) -> None:
+    need = "finite and > 0" if positive else "finite"
+    if not _is_real(value):
+        bad(f"{name}={value!r} (expected a number, {need})", wrong_type=True)
+    elif not math.isfinite(value) or (positive and not value > 0):  # type: ignore[arg-type, operator]
+        bad(f"{name}={value!r} (must be {need})")
 
 
 @dataclass(frozen=True)
@@ -38,7 +111,24 @@ class PreprocessSpec:
     """How a uint8 frame becomes the vision graph's float32 NCHW input.
 
     Pixel math, per channel of the RGB image: ``(pixel * rescale - mean) / std``. ``pad_value`` is in
-    the same unit as the rescaled pixel (OWLv2 pads with 0.5, a mid-grey).
+    the same unit as the rescaled pixel (OWLv2 pads with 0.5, a mid-grey). ``crop``, when given, is a
+    centred ``(height, width)`` window of the resized image (larger than it: padded).
+
+    Every field is checked here, once; the runtime (:mod:`edgevlp.runtime.preprocess`, numpy and
+    C++) trusts a constructed spec and checks only the frame and output buffer against it.
+
+    Raises:
+        PreprocessSpecError (a ModelLoadError and InputError): naming each bad field; a
+        :class:`PreprocessSpecTypeError` (also a ``TypeError``) when one has the wrong type.
+
+    Example:
+        >>> PreprocessSpec(height=224, width=224, resize_mode="shortest_edge").input_shape
+        Traceback (most recent call last):
+        ...
+        edgevlp.spec.PreprocessSpecError: invalid preprocessing spec: resize_mode 'shortest_edge' needs shortest_edge >= 1 (the short side after resizing)
+        >>> PreprocessSpec(height=256, width=256, resize_mode="shortest_edge", shortest_edge=256,
+        ...                crop=(224, 224)).input_shape
+        (1, 3, 224, 224)
     """
 
     height: int
@@ -55,27 +145,43 @@ class PreprocessSpec:
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        problems = []
+        for name in ("mean", "std", "crop"):  # JSON and to_dict() give lists; the spec keeps tuples
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems: list[tuple[str, bool]] = []  # (what is wrong, is it a wrong type)
+
+        def bad(text: str, wrong_type: bool = False) -> None:
+            problems.append((text, wrong_type))
+
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not 1 <= value <= 16384:
-                problems.append(f"{name}={value!r} (expected an int in 1..16384)")
-        if self.resize_mode not in RESIZE_MODES:
-            problems.append(f"resize_mode={self.resize_mode!r} (expected one of {', '.join(RESIZE_MODES)})")
-        if self.interpolation not in INTERPOLATIONS:
-            problems.append(
-                f"interpolation={self.interpolation!r} (expected one of {', '.join(INTERPOLATIONS)})"
-            )
-        if len(self.mean) != 3 or len(self.std) != 3:
-            problems.append(f"mean/std need 3 values each, got {len(self.mean)} and {len(self.std)}")
-        elif not all(math.isfinite(s) and s > 0 for s in self.std):
-            problems.append(f"std={self.std} (every value must be finite and > 0)")
-        if not (math.isfinite(self.rescale) and self.rescale > 0):
-            problems.append(f"rescale={self.rescale} (must be finite and > 0)")
-        if self.channel_order not in ("RGB", "BGR"):
-            problems.append(f"channel_order={self.channel_order!r} (expected RGB or BGR)")
+            _check_side(getattr(self, name), name, bad)
+        _check_choice(self.resize_mode, "resize_mode", RESIZE_MODES, bad)
+        _check_choice(self.interpolation, "interpolation", INTERPOLATIONS, bad)
+        if self.shortest_edge is not None:
+            _check_side(self.shortest_edge, "shortest_edge", bad)
+        if self.resize_mode == "shortest_edge" and self.shortest_edge is None:
+            bad("resize_mode 'shortest_edge' needs shortest_edge >= 1 (the short side after resizing)")
+        elif self.resize_mode in RESIZE_MODES and self.resize_mode != "shortest_edge" and self.shortest_edge is not None:
+            bad(f"shortest_edge={self.shortest_edge!r} is only used by resize_mode 'shortest_edge'; "
+                f"pass None with resize_mode {self.resize_mode!r}")
+        if self.crop is not None:
+            if not isinstance(self.crop, tuple) or len(self.crop) != 2:
+                bad(f"crop={self.crop!r} (expected None or (height, width), two ints in 1..{MAX_SPEC_SIDE})",
+                    wrong_type=not isinstance(self.crop, tuple))
+            else:
+                _check_side(self.crop[0], "crop[0] (height)", bad)
+                _check_side(self.crop[1], "crop[1] (width)", bad)
+        _check_real(self.pad_value, "pad_value", bad, positive=False)
+        _check_real(self.rescale, "rescale", bad, positive=True)
+        _check_triplet(self.mean, "mean", bad)
+        if _check_triplet(self.std, "std", bad) and not all(s > 0 for s in self.std):
+            bad(f"std={self.std!r} (every value must be > 0: it divides)")
+        _check_choice(self.channel_order, "channel_order", CHANNEL_ORDERS, bad)
+        if not isinstance(self.source, str):
+            bad(f"source={self.source!r} (expected a str)", wrong_type=True)
         if problems:
-            raise ModelLoadError("invalid preprocessing spec: " + "; ".join(problems))
+            cls = PreprocessSpecTypeError if any(t for _, t in problems) else PreprocessSpecError
+            raise cls("invalid preprocessing spec: " + "; ".join(text for text, _ in problems))
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -97,16 +203,13 @@ class PreprocessSpec:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ModelLoadError(
+            raise PreprocessSpecError(
                 f"preprocessing spec has unknown keys {sorted(unknown)}; upgrade edgevlp to read it"
             )
-        kw = dict(d)
-        for key in ("mean", "std"):
-            if key in kw:
-                kw[key] = tuple(float(v) for v in kw[key])
-        if kw.get("crop") is not None:
-            kw["crop"] = tuple(int(v) for v in kw["crop"])
-        return cls(**kw)
+        missing = [k for k in ("height", "width") if k not in d]
+        if missing:
+            raise PreprocessSpecError(f"preprocessing spec lacks {' and '.join(missing)}; re-export the bundle")
+        return cls(**d)
 
     @classmethod
     def from_processor_config(cls, cfg: Mapping[str, Any], *, source: str = "") -> "PreprocessSpec":

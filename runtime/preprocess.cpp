@@ -138,8 +138,9 @@ py::object normalize(const py::object& image_obj, const py::object& mean_obj, co
 
 PYBIND11_MODULE(_preprocess, m) {
     m.doc() = "C++ image preprocessing for edgevlp.runtime.preprocess (use that module, not this one).";
-    // Bumped when normalize()'s signature or semantics change; the Python wrapper checks it.
-    m.attr("ABI_VERSION") = 2;
+    // Bumped when a function's signature or semantics change; the Python wrapper checks it.
+    // 3: preprocess / preprocess_batch take a Params (built from a PreprocessSpec); Mode / Interp by name.
+    m.attr("ABI_VERSION") = 3;
     m.def("normalize", &normalize, py::arg("image"), py::arg("mean"), py::arg("std"),
           py::arg("scale") = 1.0 / 255.0, py::arg("swap_rb") = true, py::arg("out") = py::none(),
           "normalize(image, mean, std, scale=1/255, swap_rb=True, out=None) -> float32 (1, 3, H, W)\n\n"

@@ -1,6 +1,8 @@
 // Frame -> tensor preprocessing with resize: edgevlp._preprocess.preprocess / preprocess_batch.
 //
-// resize_core.cpp holds the pixel work (no Python); resize.cpp the bindings and argument checks.
+// resize_core.cpp holds the pixel work (no Python); resize.cpp the bindings and the memory-safety
+// checks (options are validated once, by edgevlp.spec.PreprocessSpec). The enums are exposed to
+// Python by name (edgevlp._preprocess.Mode / Interp); their order here means nothing outside C++.
 #pragma once
 
 #include <pybind11/pybind11.h>

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgevlp.errors import ModelLoadError
-from edgevlp.spec import PreprocessSpec
+from edgevlp.errors import InputError, ModelLoadError
+from edgevlp.spec import PreprocessSpec, PreprocessSpecError
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -49,4 +49,34 @@ def test_from_dict_refuses_unknown_keys() -> None:
     d = PreprocessSpec(height=8, width=8).to_dict()
     d["warp"] = 1
     with pytest.raises(ModelLoadError, match="warp"):
+        PreprocessSpec.from_dict(d)
+
+
+def test_to_dict_round_trip_keeps_tuples() -> None:
+    spec = PreprocessSpec(height=256, width=256, resize_mode="shortest_edge", shortest_edge=256, crop=(224, 224),
+                          mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), pad_value=0.5, source="x")
+    back = PreprocessSpec.from_dict(spec.to_dict())
+    assert back == spec and back.crop == (224, 224) and back.std == (0.25, 0.5, 1.0)
+    assert hash(back) == hash(spec)  # the runtime caches per spec
+
+
+def test_spec_errors_are_one_family_and_name_every_field() -> None:
+    with pytest.raises(PreprocessSpecError) as info:
+        PreprocessSpec(height=8, width=0, std=(1.0, 1.0, -1.0), crop=(8, 0), resize_mode="letterbox", shortest_edge=4)
+    err = info.value
+    assert isinstance(err, ModelLoadError) and isinstance(err, InputError) and isinstance(err, ValueError)
+    assert not isinstance(err, TypeError)
+    for field in ("width=0", "std=(1.0, 1.0, -1.0)", "crop[1] (width)=0", "shortest_edge=4 is only used"):
+        assert field in str(err)
+    with pytest.raises(TypeError, match=r"height='8'.*pad_value=None"):  # a wrong type is also a TypeError
+        PreprocessSpec(height="8", width=8, pad_value=None)  # type: ignore[arg-type]
+
+
+def test_from_dict_needs_the_size() -> None:
+    d = PreprocessSpec(height=8, width=8).to_dict()
+    del d["width"]
+    with pytest.raises(PreprocessSpecError, match="lacks width"):
+        PreprocessSpec.from_dict(d)
+    d = {**PreprocessSpec(height=8, width=8).to_dict(), "mean": ["0.5", 0.5, 0.5]}
+    with pytest.raises(PreprocessSpecError, match=r"mean=\('0.5', 0.5, 0.5\)"):  # refused, not parsed
         PreprocessSpec.from_dict(d)

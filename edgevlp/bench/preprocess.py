@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import skimage.data
 
-from edgevlp import _preprocess
 from edgevlp.runtime import preprocess as pp
+from edgevlp.spec import PreprocessSpec
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     mean_a, std_a = np.array(MEAN, np.float32), np.array(STD, np.float32)
 
     def ext(interp: str, threads: int = 0) -> Callable[[], object]:
-        return lambda: _preprocess.preprocess(frame, SIZE, SIZE, "stretch", interp, MEAN, STD, out=out, threads=threads)
+        spec = PreprocessSpec(height=SIZE, width=SIZE, interpolation=interp, mean=MEAN, std=STD)
+        return lambda: pp.preprocess_extension(frame, spec, out=out, threads=threads)
 
     def cv2_numpy() -> np.ndarray:
         small = cv2.resize(frame, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC)

@@ -26,8 +26,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
-import operator
 import os
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -35,15 +35,18 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from edgevlp.errors import InputError
-from edgevlp.spec import PreprocessSpec
+from edgevlp.spec import INTERPOLATIONS, RESIZE_MODES, PreprocessSpec
 
 __all__ = [
     "normalize",
     "normalize_reference",
     "preprocess",
     "preprocess_batch",
+    "preprocess_extension",
+    "preprocess_batch_extension",
     "preprocess_reference",
     "preprocess_batch_reference",
+    "extension_params",
     "Transform",
     "backend_name",
     "ENV_VAR",
@@ -54,25 +57,30 @@ __all__ = [
 #: Environment variable that picks the implementation of :func:`normalize`.
 ENV_VAR = "EDGEVLP_PREPROCESS"
 #: The ``ABI_VERSION`` of ``edgevlp._preprocess`` this module was written against.
-EXTENSION_ABI_VERSION = 2
+EXTENSION_ABI_VERSION = 3
 #: One call handles at most this many values (H * W * 3), as in the extension.
 _MAX_VALUES = 1 << 31
 
-_ext: Any
-_ext_error: str | None
-try:
-    from edgevlp import _preprocess as _ext
-except ImportError as err:  # not built (e.g. a source checkout without a compiler)
-    _ext, _ext_error = None, f"{type(err).__name__}: {err}"
-else:
-    if getattr(_ext, "ABI_VERSION", None) != EXTENSION_ABI_VERSION:
-        _ext_error = (
-            f"edgevlp._preprocess has ABI_VERSION {getattr(_ext, 'ABI_VERSION', None)!r}, "
-            f"expected {EXTENSION_ABI_VERSION}: the build is stale; reinstall edgevlp"
-        )
-        _ext = None
-    else:
-        _ext_error = None
+
+
+def _load_extension() -> tuple[Any, str | None]:
+    """The extension module, or None and why not: not built, a stale ABI, or enum names that are not the spec's."""
+    try:
+        from edgevlp import _preprocess as ext
+    except ImportError as err:  # not built (e.g. a source checkout without a compiler)
+        return None, f"{type(err).__name__}: {err}"
+    stale = "the build is stale; reinstall edgevlp"
+    if getattr(ext, "ABI_VERSION", None) != EXTENSION_ABI_VERSION:
+        return None, (f"edgevlp._preprocess has ABI_VERSION {getattr(ext, 'ABI_VERSION', None)!r}, "
+                      f"expected {EXTENSION_ABI_VERSION}: {stale}")
+    for enum, names, where in ((ext.Mode, RESIZE_MODES, "RESIZE_MODES"), (ext.Interp, INTERPOLATIONS, "INTERPOLATIONS")):
+        if set(enum.__members__) != set(names):
+            return None, (f"edgevlp._preprocess.{enum.__name__} names {sorted(enum.__members__)} are not "
+                          f"edgevlp.spec.{where} {sorted(names)}: {stale}")
+    return ext, None
+
+
+_ext, _ext_error = _load_extension()
 
 
 def backend_name() -> Literal["extension", "reference"]:
@@ -280,10 +288,9 @@ def _triplet(value: Sequence[float], name: str) -> tuple[float, float, float]:
 
 # ------------------------------------------------------------------------------- resize + normalise
 
-#: Largest output side, crop side, shortest_edge and resized side :func:`preprocess` accepts.
+#: Largest side of the resized image (``shortest_edge`` can ask for huge ones) and of the output, as in
+#: the extension (``kMaxSide``): a frame that would exceed it is refused with an :class:`InputError`.
 MAX_SIDE = 65536
-_MODES = ("stretch", "letterbox", "pad_square", "shortest_edge")
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 #: cv2 flag per interpolation name (cv2 constants, spelled out so cv2 is only imported when used).
 _CV2_FLAGS = {"nearest": 0, "bilinear": 1, "bicubic": 2, "area": 3, "lanczos": 4}
 
@@ -346,27 +353,23 @@ def preprocess(frame: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None =
 
     Resizes as ``spec`` says (``resize_mode``, ``interpolation``, ``crop``, ``pad_value``) with
     cv2.resize semantics, swaps BGR to RGB when ``spec.channel_order`` is ``"RGB"`` and normalises:
-    ``(pixel * spec.rescale - mean) / std``. Runs the C++ extension or the numpy reference, as
-    :func:`backend_name` says. ``out`` (float32, ``spec.input_shape``) is filled in place when given.
+    ``(pixel * spec.rescale - mean) / std``. Runs :func:`preprocess_extension` or
+    :func:`preprocess_reference`, as :func:`backend_name` says. ``out`` (float32,
+    ``spec.input_shape``) is filled in place when given.
 
     Raises:
         InputError (a ValueError): a frame or ``out`` that does not fit (see :func:`preprocess_reference`).
+        TypeError: ``spec`` is not a :class:`~edgevlp.spec.PreprocessSpec` (which checked its own fields).
 
     Example:
-        >>> from edgevlp.spec import PreprocessSpec
+        >>> from edgevlp.spec import INTERPOLATIONS, RESIZE_MODES, PreprocessSpec
         >>> spec = PreprocessSpec(height=4, width=4, resize_mode="letterbox", interpolation="area")
         >>> x, t = preprocess(np.zeros((2, 8, 3), np.uint8), spec)
         >>> x.shape, (t.scale_x, t.offset_y)
         ((1, 3, 4, 4), (0.5, 1.0))
     """
-    kwargs = _spec_kwargs(spec)
-    if backend_name() == "reference":
-        tensor, t = preprocess_reference(frame, **kwargs, out=out)
-    else:
-        try:
-            tensor, t = _ext.preprocess(frame, **kwargs, out=out)
-        except ValueError as err:
-            raise InputError(str(err)) from None
+    impl = preprocess_reference if backend_name() == "reference" else preprocess_extension
+    tensor, t = impl(frame, spec, out)
     return tensor, Transform(*t, frame_width=frame.shape[1], frame_height=frame.shape[0])
 
 
@@ -376,36 +379,55 @@ def preprocess_batch(
     """:func:`preprocess` for a list of BGR frames (any sizes) -> ``(N, 3, H, W)`` and N transforms.
 
     Example:
-        >>> from edgevlp.spec import PreprocessSpec
+        >>> from edgevlp.spec import INTERPOLATIONS, RESIZE_MODES, PreprocessSpec
         >>> spec = PreprocessSpec(height=8, width=8)
         >>> x, ts = preprocess_batch([np.zeros((4, 4, 3), np.uint8), np.zeros((16, 8, 3), np.uint8)], spec)
         >>> x.shape, [t.scale_y for t in ts]
         ((2, 3, 8, 8), [2.0, 0.5])
     """
-    kwargs = _spec_kwargs(spec)
-    if backend_name() == "reference":
-        tensor, ts = preprocess_batch_reference(frames, **kwargs, out=out)
-    else:
-        try:
-            tensor, ts = _ext.preprocess_batch(frames, **kwargs, out=out)
-        except ValueError as err:
-            raise InputError(str(err)) from None
+    impl = preprocess_batch_reference if backend_name() == "reference" else preprocess_batch_extension
+    tensor, ts = impl(frames, spec, out)
     return tensor, [Transform(*t, frame_width=f.shape[1], frame_height=f.shape[0]) for t, f in zip(ts, frames)]
 
 
-def _spec_kwargs(spec: PreprocessSpec) -> dict[str, Any]:
+def _require_spec(spec: object) -> PreprocessSpec:
     if not isinstance(spec, PreprocessSpec):
         raise TypeError(f"spec must be an edgevlp.spec.PreprocessSpec, got {type(spec).__name__}")
+    return spec
+
+
+def extension_params(spec: PreprocessSpec) -> Any:
+    """``spec`` as the extension's ``edgevlp._preprocess.Params``: the one place spec fields become
+    binding arguments. Modes and interpolations map by name (``Mode.__members__[spec.resize_mode]``).
+    Cached per spec (specs are frozen), so a stream of frames builds it once.
+
+    Raises:
+        ImportError: the extension is not usable (see :func:`backend_name`).
+
+    Example:
+        >>> from edgevlp.spec import INTERPOLATIONS, RESIZE_MODES, PreprocessSpec
+        >>> extension_params(PreprocessSpec(height=8, width=8, resize_mode="letterbox")).mode.name
+        'letterbox'
+    """
+    _require_spec(spec)
+    if _ext is None:
+        raise ImportError(f"the C++ extension edgevlp._preprocess is not usable ({_ext_error}); "
+                          f"rebuild with `pip install -e .`, or set {ENV_VAR}=reference")
+    return _extension_params(spec)
+
+
+@functools.lru_cache(maxsize=64)
+def _extension_params(spec: PreprocessSpec) -> Any:
     crop = spec.crop if spec.crop is not None else (0, 0)
-    return dict(
+    return _ext.Params(
         out_h=spec.height,
         out_w=spec.width,
-        mode=spec.resize_mode,
-        interpolation=spec.interpolation,
+        mode=_ext.Mode.__members__[spec.resize_mode],
+        interpolation=_ext.Interp.__members__[spec.interpolation],
         mean=spec.mean,
         std=spec.std,
         scale=spec.rescale,
-        swap_rb=spec.channel_order == "RGB",  # frames come BGR, as cv2 reads them
+        swap_rb=_swap_rb(spec),
         pad_value=spec.pad_value,
         crop_h=crop[0],
         crop_w=crop[1],
@@ -413,24 +435,63 @@ def _spec_kwargs(spec: PreprocessSpec) -> dict[str, Any]:
     )
 
 
-def preprocess_reference(
-    image: np.ndarray,
-    out_h: int,
-    out_w: int,
-    mode: str,
-    interpolation: str,
-    mean: Sequence[float],
-    std: Sequence[float],
-    scale: float = 1.0 / 255.0,
-    swap_rb: bool = True,
-    pad_value: float = 0.0,
-    crop_h: int = 0,
-    crop_w: int = 0,
-    shortest_edge: int = 0,
-    out: np.ndarray | None = None,
-    threads: int = 0,
+def _swap_rb(spec: PreprocessSpec) -> bool:
+    return spec.channel_order == "RGB"  # frames come BGR, as cv2 reads them
+
+
+def _run_extension(name: str, frames: Any, spec: PreprocessSpec, out: np.ndarray | None, threads: int) -> Any:
+    params = extension_params(spec)
+    try:
+        return getattr(_ext, name)(frames, params, out, threads)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def preprocess_extension(
+    image: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None, threads: int = 0
 ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """Numpy + cv2 twin of ``edgevlp._preprocess.preprocess``: same arguments, errors and (to 1e-5) result.
+    """The C++ twin of :func:`preprocess_reference` (same arguments, errors and, to 1e-5, result).
+
+    ``threads``: 0 picks a count from the work (at most 4), else the most worker threads to use
+    (results are identical for any count). The GIL is released during the pixel work.
+
+    Raises:
+        ImportError: the extension is not usable. Otherwise as :func:`preprocess_reference`, and
+        InputError / TypeError for ``threads`` outside 0..256 / not an int.
+
+    Example:
+        >>> from edgevlp.spec import INTERPOLATIONS, RESIZE_MODES, PreprocessSpec
+        >>> x, t = preprocess_extension(np.zeros((2, 4, 3), np.uint8), PreprocessSpec(height=4, width=4), threads=1)
+        >>> x.shape, t
+        ((1, 3, 4, 4), (1.0, 2.0, 0.0, 0.0))
+    """
+    return _run_extension("preprocess", image, spec, out, threads)
+
+
+def preprocess_batch_extension(
+    images: Sequence[np.ndarray], spec: PreprocessSpec, out: np.ndarray | None = None, threads: int = 0
+) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """The C++ twin of :func:`preprocess_batch_reference`; ``threads`` as in :func:`preprocess_extension`.
+
+    Example:
+        >>> from edgevlp.spec import INTERPOLATIONS, RESIZE_MODES, PreprocessSpec
+        >>> x, ts = preprocess_batch_extension([np.zeros((2, 2, 3), np.uint8)] * 3, PreprocessSpec(height=4, width=4))
+        >>> x.shape, ts[0]
+        ((3, 3, 4, 4), (2.0, 2.0, 0.0, 0.0))
+    """
+    return _run_extension("preprocess_batch", images, spec, out, threads)
+
+
+def preprocess_reference(
+    image: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Numpy + cv2 twin of :func:`preprocess_extension`: same errors and (to 1e-5) result.
+
+    ``spec`` validated its fields when it was built; what is checked here is the frame (uint8 HxWx3,
+    any strides), ``out`` (float32, C-contiguous, writable, aligned, ``spec.input_shape`` or that
+    without the leading 1, not overlapping the frame) and, for ``shortest_edge``, that the resized
+    frame stays within :data:`MAX_SIDE` a side: what the extension checks for memory safety, in
+    the same words.
 
     The frame is converted to float32 first and resized with ``cv2.resize`` on the float image, so
     the weights are float (cv2's uint8 INTER_LINEAR / INTER_CUBIC use 11-bit fixed-point weights and
@@ -441,99 +502,77 @@ def preprocess_reference(
     bilinear-like filter on both axes. For big downscales (1080p -> 384) Hugging Face's PIL-based
     processors antialias: ``area`` is the closest cheap choice, ``bicubic`` without antialiasing aliases.
 
-    Geometry (``mode``); pixels outside the frame get ``pad_value`` (in ``image * scale`` units):
+    Geometry (``spec.resize_mode``, with ``H x W`` = ``spec.height x spec.width`` and an ``h x w``
+    frame); pixels outside the frame get ``spec.pad_value`` (in ``image * rescale`` units):
 
-    * ``stretch``: resize to ``out_h x out_w``;
-    * ``letterbox``: resize by ``s = min(out_w / W, out_h / H)`` to ``floor(W*s + 0.5) x floor(H*s + 0.5)``,
-      centred (offsets rounded down) on an ``out_h x out_w`` canvas;
-    * ``pad_square``: pad bottom/right to a ``max(H, W)`` square, resize that to ``out_h x out_w`` (OWLv2);
-    * ``shortest_edge``: the short side becomes ``shortest_edge``, the long one
-      ``int(shortest_edge * long / short)`` (as Hugging Face), then centre-crop to ``out_h x out_w``.
+    * ``stretch``: resize to ``H x W``;
+    * ``letterbox``: resize by ``s = min(W / w, H / h)`` to ``floor(w*s + 0.5) x floor(h*s + 0.5)``,
+      centred (offsets rounded down) on an ``H x W`` canvas;
+    * ``pad_square``: pad bottom/right to a ``max(h, w)`` square, resize that to ``H x W`` (OWLv2);
+    * ``shortest_edge``: the short side becomes ``spec.shortest_edge``, the long one
+      ``int(shortest_edge * long / short)`` (as Hugging Face), then centre-crop to ``H x W``.
 
-    Then, when ``crop_h, crop_w`` are given, a centred ``crop_h x crop_w`` window (offset
-    ``(size - crop) // 2``) is the output. The returned transform ``(scale_x, scale_y, offset_x,
-    offset_y)`` maps frame pixels to output pixels: ``x_out = x_frame * scale_x + offset_x``.
-    ``threads`` is accepted (and checked) for parity with the extension; the reference ignores it.
+    Then, when ``spec.crop`` is given, a centred window of that size (offset ``(size - crop) // 2``)
+    is the output. The returned transform ``(scale_x, scale_y, offset_x, offset_y)`` maps frame
+    pixels to output pixels: ``x_out = x_frame * scale_x + offset_x``.
+
+    Raises:
+        InputError (a ValueError): a frame or ``out`` that does not fit.
+        TypeError: ``image``, ``out`` or ``spec`` of the wrong type.
 
     Example:
-        >>> x, t = preprocess_reference(np.zeros((2, 4, 3), np.uint8), 4, 4, "letterbox", "bilinear",
-        ...                             (0, 0, 0), (1, 1, 1), pad_value=0.5)
+        >>> from edgevlp.spec import INTERPOLATIONS, RESIZE_MODES, PreprocessSpec
+        >>> spec = PreprocessSpec(height=4, width=4, resize_mode="letterbox", interpolation="bilinear",
+        ...                       pad_value=0.5)
+        >>> x, t = preprocess_reference(np.zeros((2, 4, 3), np.uint8), spec)
         >>> x[0, 0, :, 0].tolist(), t
         ([0.5, 0.0, 0.0, 0.5], (1.0, 1.0, 0.0, 1.0))
     """
-    if not isinstance(swap_rb, (bool, np.bool_)):
-        raise TypeError(f"swap_rb must be True or False, got {swap_rb!r}")
-    order = "BGR" if swap_rb else "RGB"
-    height, width = _check_image(image, order)
-    p = _check_params(out_h, out_w, mode, interpolation, mean, std, scale, pad_value, crop_h, crop_w,
-                      shortest_edge, threads)
-    g = _geometry(p, height, width)
-    out = _check_out(out, (1,), g.out_h, g.out_w)
-    if np.may_share_memory(image, out):
-        raise InputError("out overlaps the image's memory; pass a separate buffer")
-    _resize_into(image, swap_rb, p, g, out.reshape(3, g.out_h, g.out_w))
-    return out, g.transform
+    _require_spec(spec)
+    tensor, transforms = _run_reference([image], spec, out, batch=False)
+    return tensor, transforms[0]
 
 
 def preprocess_batch_reference(
-    images: Sequence[np.ndarray],
-    out_h: int,
-    out_w: int,
-    mode: str,
-    interpolation: str,
-    mean: Sequence[float],
-    std: Sequence[float],
-    scale: float = 1.0 / 255.0,
-    swap_rb: bool = True,
-    pad_value: float = 0.0,
-    crop_h: int = 0,
-    crop_w: int = 0,
-    shortest_edge: int = 0,
-    out: np.ndarray | None = None,
-    threads: int = 0,
+    images: Sequence[np.ndarray], spec: PreprocessSpec, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
-    """Numpy twin of ``edgevlp._preprocess.preprocess_batch``: :func:`preprocess_reference` per frame.
+    """Numpy twin of :func:`preprocess_batch_extension`: :func:`preprocess_reference` per frame.
 
     Example:
-        >>> x, ts = preprocess_batch_reference([np.zeros((2, 2, 3), np.uint8)] * 3, 4, 4, "stretch",
-        ...                                    "nearest", (0, 0, 0), (1, 1, 1))
+        >>> from edgevlp.spec import INTERPOLATIONS, RESIZE_MODES, PreprocessSpec
+        >>> x, ts = preprocess_batch_reference([np.zeros((2, 2, 3), np.uint8)] * 3,
+        ...                                    PreprocessSpec(height=4, width=4, interpolation="nearest"))
         >>> x.shape, ts[0]
         ((3, 3, 4, 4), (2.0, 2.0, 0.0, 0.0))
     """
-    if not isinstance(swap_rb, (bool, np.bool_)):
-        raise TypeError(f"swap_rb must be True or False, got {swap_rb!r}")
-    order = "BGR" if swap_rb else "RGB"
+    _require_spec(spec)
     if not isinstance(images, (list, tuple)):
         raise TypeError(f"images must be a list or tuple of uint8 HxWx3 frames, got {type(images).__name__}")
     if not images:
         raise InputError("images is empty; pass at least one frame")
-    sizes = [_check_image(img, order, f"images[{i}]: ") for i, img in enumerate(images)]
-    p = _check_params(out_h, out_w, mode, interpolation, mean, std, scale, pad_value, crop_h, crop_w,
-                      shortest_edge, threads)
-    geoms = [_geometry(p, h, w, f"images[{i}]: ") for i, (h, w) in enumerate(sizes)]
+    return _run_reference(list(images), spec, out, batch=True)
+
+
+def _run_reference(
+    images: list[np.ndarray], spec: PreprocessSpec, out: np.ndarray | None, batch: bool
+) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """run() of runtime/resize.cpp: frames, geometry, out, overlap (in that order), then the pixels."""
+
+    def prefix(i: int, sep: str) -> str:
+        return f"images[{i}]{sep}" if batch else ""
+
+    order = "BGR" if _swap_rb(spec) else "RGB"
+    sizes = [_check_image(img, order, prefix(i, ": ")) for i, img in enumerate(images)]
+    geoms = [_geometry(spec, h, w, prefix(i, ": ")) for i, (h, w) in enumerate(sizes)]
     n, g0 = len(images), geoms[0]
-    out = _check_out(out, (n,), g0.out_h, g0.out_w)
+    out = _check_out(out, (n,) if batch else (1,), g0.out_h, g0.out_w)
     for i, img in enumerate(images):
         if np.may_share_memory(img, out):
-            raise InputError(f"out overlaps the images[{i}] image's memory; pass a separate buffer")
-    for i, (img, g) in enumerate(zip(images, geoms)):
-        _resize_into(img, swap_rb, p, g, out[i])
+            raise InputError(f"out overlaps the {prefix(i, ' ')}image's memory; pass a separate buffer")
+    planes = out.reshape(n, 3, g0.out_h, g0.out_w)  # a view: out is C-contiguous
+    for img, g, dst in zip(images, geoms, planes):
+        _resize_into(img, spec, g, dst)
     return out, [g.transform for g in geoms]
-
-
-@dataclass(frozen=True)
-class _Params:
-    out_h: int
-    out_w: int
-    mode: str
-    interpolation: str
-    crop_h: int
-    crop_w: int
-    shortest_edge: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: float
-    pad_value: float
 
 
 @dataclass(frozen=True)
@@ -554,74 +593,21 @@ class _Geometry:
         return (self.res_w / self.virt_w, self.res_h / self.virt_h, float(self.off_x), float(self.off_y))
 
 
-def _int(value: object, name: str, lo: int, hi: int, range_text: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not hasattr(type(value), "__index__"):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    v = operator.index(value)  # type: ignore[call-overload]
-    if not lo <= v <= hi:
-        raise InputError(f"{name} must be in {range_text}, got {value!r}")
-    return v
-
-
-def _choice(value: object, name: str, choices: tuple[str, ...]) -> str:
-    listed = ", ".join(f"'{c}'" for c in choices)
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str (one of {listed}), got {value!r}")
-    if value not in choices:
-        raise InputError(f"{name} must be one of {listed}, got {value!r}")
-    return value
-
-
-def _check_params(
-    out_h: object, out_w: object, mode: object, interpolation: object, mean: Any, std: Any, scale: object,
-    pad_value: object, crop_h: object, crop_w: object, shortest_edge: object, threads: object,
-) -> _Params:
-    """Everything but the image(s) and out, in the order and words of runtime/resize.cpp."""
-    side, side0 = f"1..{MAX_SIDE}", f"0..{MAX_SIDE}"
-    oh = _int(out_h, "out_h", 1, MAX_SIDE, side)
-    ow = _int(out_w, "out_w", 1, MAX_SIDE, side)
-    mode_v = _choice(mode, "mode", _MODES)
-    interp_v = _choice(interpolation, "interpolation", _INTERPOLATIONS)
-    ch = _int(crop_h, "crop_h", 0, MAX_SIDE, side0)
-    cw = _int(crop_w, "crop_w", 0, MAX_SIDE, side0)
-    if (ch == 0) != (cw == 0):
-        raise InputError(f"crop_h and crop_w must both be 0 (no crop) or both >= 1, got {ch} and {cw}")
-    se = _int(shortest_edge, "shortest_edge", 0, MAX_SIDE, side0)
-    if mode_v == "shortest_edge" and se == 0:
-        raise InputError("mode 'shortest_edge' needs shortest_edge >= 1 (the short side after resizing)")
-    if mode_v != "shortest_edge" and se != 0:
-        raise InputError(f"shortest_edge={se} is only used by mode 'shortest_edge'; pass 0 with mode {mode_v!r}")
-    mean_v = _triplet(mean, "mean")
-    std_v = _triplet(std, "std")
-    if not all(s > 0.0 for s in std_v):
-        raise InputError(f"std must be > 0 (it divides), got {std!r}")
-    scale_v = _real(scale)
-    if scale_v is None:
-        raise TypeError(f"scale must be a number, got {scale!r}")
-    if not (math.isfinite(scale_v) and scale_v > 0.0):
-        raise InputError(f"scale must be finite and > 0, got {scale!r}")
-    pad_v = _real(pad_value)
-    if pad_v is None:
-        raise TypeError(f"pad_value must be a number, got {pad_value!r}")
-    if not math.isfinite(pad_v):
-        raise InputError(f"pad_value must be finite, got {pad_value!r}")
-    _int(threads, "threads", 0, 256, "0..256 (0: auto)")
-    return _Params(oh, ow, mode_v, interp_v, ch, cw, se, mean_v, std_v, scale_v, pad_v)
-
-
-def _geometry(p: _Params, src_h: int, src_w: int, prefix: str = "") -> _Geometry:
+def _geometry(spec: PreprocessSpec, src_h: int, src_w: int, prefix: str = "") -> _Geometry:
     """make_geometry() of runtime/resize_core.cpp, in the same double arithmetic."""
-    virt_h, virt_w, res_h, res_w = src_h, src_w, p.out_h, p.out_w
-    canvas_h, canvas_w, top, left = p.out_h, p.out_w, 0, 0
-    if p.mode == "letterbox":
-        s = min(p.out_w / src_w, p.out_h / src_h)
-        res_w = min(max(math.floor(src_w * s + 0.5), 1), p.out_w)
-        res_h = min(max(math.floor(src_h * s + 0.5), 1), p.out_h)
-        top, left = (p.out_h - res_h) // 2, (p.out_w - res_w) // 2
-    elif p.mode == "pad_square":
+    out_h, out_w = spec.height, spec.width
+    virt_h, virt_w, res_h, res_w = src_h, src_w, out_h, out_w
+    canvas_h, canvas_w, top, left = out_h, out_w, 0, 0
+    if spec.resize_mode == "letterbox":
+        s = min(out_w / src_w, out_h / src_h)
+        res_w = min(max(math.floor(src_w * s + 0.5), 1), out_w)
+        res_h = min(max(math.floor(src_h * s + 0.5), 1), out_h)
+        top, left = (out_h - res_h) // 2, (out_w - res_w) // 2
+    elif spec.resize_mode == "pad_square":
         virt_h = virt_w = max(src_h, src_w)
-    elif p.mode == "shortest_edge":
-        se = p.shortest_edge
+    elif spec.resize_mode == "shortest_edge":
+        se = spec.shortest_edge
+        assert se is not None  # PreprocessSpec requires it with this mode
         if src_w <= src_h:
             res_w, res_h = se, int(se * src_h / src_w)
         else:
@@ -632,23 +618,24 @@ def _geometry(p: _Params, src_h: int, src_w: int, prefix: str = "") -> _Geometry
                 f"than {MAX_SIDE} pixels on a side; lower shortest_edge or crop the frame first"
             )
         canvas_h, canvas_w = res_h, res_w
-    out_h, out_w = (p.crop_h, p.crop_w) if p.crop_h > 0 else (p.out_h, p.out_w)
+    if spec.crop is not None:
+        out_h, out_w = spec.crop
     off_y = top - (canvas_h - out_h) // 2
     off_x = left - (canvas_w - out_w) // 2
     return _Geometry(virt_h, virt_w, res_h, res_w, out_h, out_w, off_y, off_x)
 
 
-def _resize_into(image: np.ndarray, swap_rb: bool, p: _Params, g: _Geometry, planes: np.ndarray) -> None:
+def _resize_into(image: np.ndarray, spec: PreprocessSpec, g: _Geometry, planes: np.ndarray) -> None:
     """cv2.resize on the float32 frame (padded for pad_square), placed on a pad canvas, normalised."""
     import cv2  # only the reference path needs it
 
-    src = np.ascontiguousarray(image[..., ::-1] if swap_rb else image, dtype=np.float32)
-    pad_raw = np.float32(p.pad_value / p.scale)
+    src = np.ascontiguousarray(image[..., ::-1] if _swap_rb(spec) else image, dtype=np.float32)
+    pad_raw = np.float32(spec.pad_value / spec.rescale)
     if g.virt_h != src.shape[0] or g.virt_w != src.shape[1]:
         square = np.full((g.virt_h, g.virt_w, 3), pad_raw, np.float32)
         square[: src.shape[0], : src.shape[1]] = src
         src = square
-    resized = cv2.resize(src, (g.res_w, g.res_h), interpolation=_CV2_FLAGS[p.interpolation])
+    resized = cv2.resize(src, (g.res_w, g.res_h), interpolation=_CV2_FLAGS[spec.interpolation])
     resized = resized.reshape(g.res_h, g.res_w, 3)
     canvas = np.full((g.out_h, g.out_w, 3), pad_raw, np.float32)
     ylo, yhi = max(0, -g.off_y), min(g.res_h, g.out_h - g.off_y)
@@ -656,7 +643,7 @@ def _resize_into(image: np.ndarray, swap_rb: bool, p: _Params, g: _Geometry, pla
     if yhi > ylo and xhi > xlo:
         canvas[ylo + g.off_y : yhi + g.off_y, xlo + g.off_x : xhi + g.off_x] = resized[ylo:yhi, xlo:xhi]
     for c in range(3):
-        a = np.float32(p.scale / p.std[c])
-        b = np.float32(-p.mean[c] / p.std[c])
+        a = np.float32(spec.rescale / spec.std[c])
+        b = np.float32(-spec.mean[c] / spec.std[c])
         np.multiply(canvas[:, :, c], a, out=planes[c])
         planes[c] += b
