@@ -46,11 +46,25 @@ void check_side(i64 v, const char* name, i64 lo) {
     }
 }
 
-// The sizes are checked (they shape the output and the resize tables); the pixel math is taken as
-// PreprocessSpec validated it.
+// Mode(7) builds an enum value no member has: refuse it, the pixel code handles the members only.
+template <typename E>
+void check_member(E value, const char* name, const char* type) {
+    const py::object obj = py::cast(value);
+    const py::dict members = py::type::of(obj).attr("__members__");
+    for (const auto& item : members) {
+        if (item.second.cast<E>() == value) return;
+    }
+    throw py::value_error(std::string(name) + " must be a member of " + type + " (" + repr_str(members) +
+                          "), got " + std::to_string(static_cast<int>(value)));
+}
+
+// The sizes are checked (they shape the output and the resize tables) and the enums are members;
+// the pixel math is taken as PreprocessSpec validated it.
 Params make_params(i64 out_h, i64 out_w, Mode mode, Interp interp, const std::array<double, 3>& mean,
                    const std::array<double, 3>& stdv, double scale, bool swap_rb, double pad_value, i64 crop_h,
                    i64 crop_w, i64 shortest_edge) {
+    check_member(mode, "mode", "Mode");
+    check_member(interp, "interpolation", "Interp");
     check_side(out_h, "out_h", 1);
     check_side(out_w, "out_w", 1);
     check_side(crop_h, "crop_h", 0);

@@ -436,6 +436,8 @@ def test_extension_params_keep_the_size_checks() -> None:
         ({"crop_h": 4, "crop_w": -1}, "crop_w must be in 0..65536"),
         ({"mode": _preprocess.Mode.shortest_edge}, "needs shortest_edge >= 1"),
         ({"shortest_edge": 70_000, "mode": _preprocess.Mode.shortest_edge}, "shortest_edge must be in 0..65536"),
+        ({"mode": _preprocess.Mode(7)}, "mode must be a member of Mode"),  # pybind11 enums take any int
+        ({"interpolation": _preprocess.Interp(-1)}, "interpolation must be a member of Interp"),
     ):
         with pytest.raises(ValueError, match=re.escape(text)):
             _preprocess.Params(**{**ok, **kw})

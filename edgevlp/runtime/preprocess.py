@@ -322,12 +322,7 @@ class Transform:
             >>> Transform(2.0, 2.0, 0.0, 0.0, 10, 10).to_frame(np.array([[0, 0, 30, 8]])).tolist()
             [[0.0, 0.0, 10.0, 4.0]]
         """
-        boxes = np.asarray(boxes_xyxy, dtype=np.float64)
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise InputError(f"boxes must have shape (N, 4) (x1, y1, x2, y2), got {boxes.shape}")
-        res = np.empty_like(boxes)
-        res[:, 0::2] = (boxes[:, 0::2] - self.offset_x) / self.scale_x
-        res[:, 1::2] = (boxes[:, 1::2] - self.offset_y) / self.scale_y
+        res = self._map(boxes_xyxy, to_frame=True)
         np.clip(res[:, 0::2], 0.0, self.frame_width, out=res[:, 0::2])
         np.clip(res[:, 1::2], 0.0, self.frame_height, out=res[:, 1::2])
         return res
@@ -339,12 +334,16 @@ class Transform:
             >>> Transform(2.0, 2.0, 1.0, 0.0, 10, 10).to_model(np.array([[0, 0, 5, 4]])).tolist()
             [[1.0, 0.0, 11.0, 8.0]]
         """
+        return self._map(boxes_xyxy, to_frame=False)
+
+    def _map(self, boxes_xyxy: np.ndarray, to_frame: bool) -> np.ndarray:
         boxes = np.asarray(boxes_xyxy, dtype=np.float64)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise InputError(f"boxes must have shape (N, 4) (x1, y1, x2, y2), got {boxes.shape}")
         res = np.empty_like(boxes)
-        res[:, 0::2] = boxes[:, 0::2] * self.scale_x + self.offset_x
-        res[:, 1::2] = boxes[:, 1::2] * self.scale_y + self.offset_y
+        for axis, scale, offset in ((0, self.scale_x, self.offset_x), (1, self.scale_y, self.offset_y)):
+            coords = boxes[:, axis::2]
+            res[:, axis::2] = (coords - offset) / scale if to_frame else coords * scale + offset
         return res
 
 
