@@ -23,6 +23,7 @@ from edgevlp.errors import InputError, ModelLoadError
 __all__ = [
     "PreprocessSpec",
     "PreprocessSpecError",
+    "PreprocessSpecTypeError",
     "RESIZE_MODES",
     "INTERPOLATIONS",
     "CHANNEL_ORDERS",

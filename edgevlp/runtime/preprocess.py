@@ -6,9 +6,15 @@
 * :func:`normalize`: normalisation only, for frames already at the model's size.
 
 Two implementations with one contract: the C++ extension :mod:`edgevlp._preprocess` (fast, releases
-the GIL) and the references :func:`preprocess_reference` (numpy + cv2.resize on float32) and
-:func:`normalize_reference` (pure numpy). The dispatchers pick the extension when it is built, unless
-the environment variable ``EDGEVLP_PREPROCESS`` says otherwise:
+the GIL; :func:`preprocess_extension`) and the references :func:`preprocess_reference` (numpy +
+cv2.resize on float32) and :func:`normalize_reference` (pure numpy). The resize twins take a
+:class:`~edgevlp.spec.PreprocessSpec`, which validated every option when it was built; they check
+only the frame and ``out`` against it (what memory safety needs), with the same words. The spec
+reaches the extension through :func:`extension_params`, the one place its fields become binding
+arguments; modes and filters map by name to the extension's ``Mode`` / ``Interp`` enums, and an
+extension whose enum names are not :data:`edgevlp.spec.RESIZE_MODES` / ``INTERPOLATIONS`` is
+treated as a stale build. The dispatchers pick the extension when it is built, unless the
+environment variable ``EDGEVLP_PREPROCESS`` says otherwise:
 
 * unset, empty or ``auto``: the extension if it imports, else the reference;
 * ``reference``: always the reference;
@@ -54,13 +60,12 @@ __all__ = [
     "MAX_SIDE",
 ]
 
-#: Environment variable that picks the implementation of :func:`normalize`.
+#: Environment variable that picks the implementation of :func:`normalize` and :func:`preprocess`.
 ENV_VAR = "EDGEVLP_PREPROCESS"
 #: The ``ABI_VERSION`` of ``edgevlp._preprocess`` this module was written against.
 EXTENSION_ABI_VERSION = 3
 #: One call handles at most this many values (H * W * 3), as in the extension.
 _MAX_VALUES = 1 << 31
-
 
 
 def _load_extension() -> tuple[Any, str | None]:
