@@ -13,8 +13,8 @@ task and KD terms from the model's task (:meth:`edgevlp.tasks.Task.distill_terms
 - hidden: MSE between student and teacher vision hidden states after every layer, divided by the
   teacher's mean square (pruning keeps the hidden width, so the states compare directly).
 
-Training runs on the demo zoo's loop (:mod:`edgevlp.zoo._loop`): seeded data, AdamW with warmup and
-cosine decay, a progress bar with the loss terms, atomic checkpoints every ``checkpoint_every`` steps,
+Training runs on the loop the demo zoo trains with too (:mod:`edgevlp._training`): seeded data, AdamW
+with warmup and cosine decay, a progress bar with the loss terms, atomic checkpoints every ``checkpoint_every`` steps,
 and exact resume (``edgevlp compress ... --resume``) from the checkpoint folder ``OUTPUT.train/``.
 """
 
@@ -33,13 +33,13 @@ from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
 from edgevlp.models.base import ModelAdapter
 from edgevlp.tasks import get_task
-from edgevlp.zoo import _loop
+from edgevlp import _training
 
 __all__ = ["apply", "DistillTraining", "distill_loss"]
 
 
-class DistillTraining(_loop.Recipe):
-    """The zoo loop's hooks for distilling ``teacher`` into ``student`` on ``data``."""
+class DistillTraining(_training.Recipe):
+    """The training loop's hooks for distilling ``teacher`` into ``student`` on ``data``."""
 
     name = "distill"
 
@@ -150,7 +150,7 @@ def apply(state: CompressState, cfg: DistillConfig) -> dict[str, Any]:
     data = cfg.data
     job = DistillTraining(state.adapter, state.teacher, cfg, data)
     steps = cfg.steps
-    settings = _loop.TrainSettings(
+    settings = _training.TrainSettings(
         name=f"distill-{state.adapter.family}", steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
         warmup=max(1, min(100, steps // 10)), weight_decay=0.01, eval_every=steps, eval_n=32,
         checkpoint_every=cfg.checkpoint_every or steps, threads=max(1, torch.get_num_threads()))
@@ -158,8 +158,8 @@ def apply(state: CompressState, cfg: DistillConfig) -> dict[str, Any]:
     state.adapter.model.train()
     with torch.no_grad():
         first = distill_loss(job, job.batch(0, cfg.batch_size, 0))[1]
-    result = _loop.run(job, settings, ckpt, resume=state.resume and (ckpt / _loop.STATE_DIR / "state.json").is_file(),
-                       progress=state.progress)
+    resume = state.resume and (ckpt / _training.STATE_DIR / "state.json").is_file()
+    result = _training.run(job, settings, ckpt, resume=resume, progress=state.progress)
     state.adapter.model.eval()
     state.model_changed()
     log = result.log

@@ -23,7 +23,7 @@ from edgevlp.data import COLOURS, SHAPES, SIZES, dataset
 from edgevlp.models._tokenizers import clip_like_tokenizer
 from edgevlp.models.owlvit import OwlViTAdapter
 from edgevlp.tasks.losses import QUERIES, TRAIN_PHRASES, detection_targets, set_loss
-from edgevlp.zoo._loop import Recipe, to_pixels, train_index
+from edgevlp._training import Recipe, to_pixels, train_index
 from edgevlp.zoo.blip_recipe import CLIP_MEAN, CLIP_STD
 
 __all__ = ["OwlViTRecipe", "forward_detector"]
