@@ -48,6 +48,7 @@ def load_models(bundles: Sequence[str], backend: str | None = None, device: str 
     """
     from edgevlp.bundle import read_manifest
     from edgevlp.runtime import load
+    from edgevlp.tasks import get_task
 
     if not 1 <= len(bundles) <= 2:
         raise InputError(f"give one captioner and/or one detector bundle, got {len(bundles)} bundles")
@@ -60,7 +61,7 @@ def load_models(bundles: Sequence[str], backend: str | None = None, device: str 
         tasks[task] = bundle
     models: dict[str, Any] = {}
     for task, bundle in tasks.items():
-        models["captioner" if task == "caption" else "detector"] = load(bundle, backend=backend, device=device)
+        models[get_task(task).app_slot] = load(bundle, backend=backend, device=device)
     return models
 
 

@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from edgevlp.errors import InputError
-from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
+from edgevlp.models.base import CaptionerAdapter, ModelAdapter
 
-__all__ = ["Frame", "load_frames", "real_photos", "Feeds", "build_feeds", "IMAGE_SUFFIXES"]
+__all__ = ["Frame", "load_frames", "real_photos", "Feeds", "build_feeds", "decoder_feeds", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 Feeds = list[dict[str, np.ndarray]]
@@ -99,7 +99,7 @@ def _pixels(adapter: ModelAdapter, frames: list[Frame]) -> list[np.ndarray]:
     return [np.ascontiguousarray(preprocess(f.bgr, spec)[0]) for f in frames]
 
 
-def _decoder_feeds(adapter: CaptionerAdapter, graphs: dict[str, Path], pixels: list[np.ndarray],
+def decoder_feeds(adapter: CaptionerAdapter, graphs: dict[str, Path], pixels: list[np.ndarray],
                    max_new_tokens: int) -> dict[str, Feeds]:
     """Inputs of the per-image graphs after the vision encoder (``cross_kv``) and of every step of a
     greedy FP32 decode (empty cache first), one image at a time."""
@@ -141,15 +141,9 @@ def _decoder_feeds(adapter: CaptionerAdapter, graphs: dict[str, Path], pixels: l
 
 def build_feeds(adapter: ModelAdapter, graphs: dict[str, Path], frames: list[Frame], *,
                 max_new_tokens: int = 16) -> dict[str, Feeds]:
-    """Feeds (role -> list of input dicts, batch 1) for every graph of ``adapter``, from ``frames``."""
-    pixels = _pixels(adapter, frames)
-    if isinstance(adapter, CaptionerAdapter):
-        return {"vision_encoder": [{"pixel_values": p} for p in pixels],
-                **_decoder_feeds(adapter, graphs, pixels, max_new_tokens)}
-    if isinstance(adapter, DetectorAdapter):
-        text = []
-        for f in frames:
-            enc = adapter.encode_prompts(list(f.phrases))
-            text.append({k: v.numpy().astype(np.int64) for k, v in enc.items()})
-        return {"image_encoder": [{"pixel_values": p} for p in pixels], "text_encoder": text}
-    raise InputError(f"no calibration feeds for adapter {type(adapter).__name__}")
+    """Feeds (role -> list of input dicts, batch 1) for every graph of ``adapter``, from ``frames``
+    (its task's, see :meth:`edgevlp.tasks.Task.calibration_feeds`)."""
+    from edgevlp.tasks import get_task
+
+    return get_task(adapter.task).calibration_feeds(adapter, graphs, frames, _pixels(adapter, frames),
+                                                    max_new_tokens=max_new_tokens)

@@ -1,18 +1,20 @@
 """The ``distill`` stage: train the current (pruned) model to match the original (teacher).
 
-loss = ``task_weight`` * task loss + ``kl_weight`` * KD loss + ``hidden_weight`` * hidden-state loss:
+loss = ``task_weight`` * task loss + ``kl_weight`` * KD loss + ``hidden_weight`` * hidden-state loss, the
+task and KD terms from the model's task (:meth:`edgevlp.tasks.Task.distill_terms`; the losses live in
+:mod:`edgevlp.tasks.losses`, shared with the demo zoo's training):
 
 - captioners: task = token cross-entropy on the reference captions (``shapes:`` data) or, for images
   without captions (a folder), on the teacher's greedy captions; KD = T^2 KL(softmax(t/T) || softmax(s/T))
   per caption token, teacher-forced on the same tokens;
-- detectors: task = the demo zoo's DETR-style set loss where boxes are known (``shapes:`` data, OWL-ViT),
+- detectors: task = the DETR-style set loss where boxes are known (``shapes:`` data, any detector),
   else none; KD = T^2 KL between the per-patch, per-prompt sigmoid class probabilities plus L1
   between student and teacher boxes;
 - hidden: MSE between student and teacher vision hidden states after every layer, divided by the
   teacher's mean square (pruning keeps the hidden width, so the states compare directly).
 
-Training runs on the demo zoo's loop (:mod:`edgevlp.zoo._loop`): seeded data, AdamW with warmup and
-cosine decay, a progress bar with the loss terms, atomic checkpoints every ``checkpoint_every`` steps,
+Training runs on the loop the demo zoo trains with too (:mod:`edgevlp._training`): seeded data, AdamW
+with warmup and cosine decay, a progress bar with the loss terms, atomic checkpoints every ``checkpoint_every`` steps,
 and exact resume (``edgevlp compress ... --resume``) from the checkpoint folder ``OUTPUT.train/``.
 """
 
@@ -27,26 +29,24 @@ import torch
 import torch.nn.functional as F
 
 from edgevlp.compress.recipe import DistillConfig
-from edgevlp.compress.signals import (bernoulli_kl, caption_ids, detector_outputs, pseudo_captions,
-                                      teacher_forced_logits, token_mask, vision_tower)
 from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
-from edgevlp.models.base import CaptionerAdapter, ModelAdapter
-from edgevlp.zoo import _loop
+from edgevlp.models.base import ModelAdapter
+from edgevlp.tasks import get_task
+from edgevlp import _training
 
 __all__ = ["apply", "DistillTraining", "distill_loss"]
 
-MAX_CAPTION_TOKENS = 40
 
-
-class DistillTraining(_loop.Recipe):
-    """The zoo loop's hooks for distilling ``teacher`` into ``student`` on ``data``."""
+class DistillTraining(_training.Recipe):
+    """The training loop's hooks for distilling ``teacher`` into ``student`` on ``data``."""
 
     name = "distill"
 
     def __init__(self, student: ModelAdapter, teacher: ModelAdapter, cfg: DistillConfig, data: str) -> None:
         self.student, self.teacher, self.cfg, self.data = student, teacher, cfg, data
         self.family = student.family
+        self.task = get_task(student.task)
         self.spec = student.preprocess_spec()
         self.teacher.model.eval()
         for p in self.teacher.model.parameters():
@@ -66,13 +66,10 @@ class DistillTraining(_loop.Recipe):
             self._frames = load_frames(data, 100_000, size=max(64, self.spec.height))
             if not self._frames:
                 raise InputError(f"distill data {data!r} holds no images")
-        if cfg.task_weight > 0 and not isinstance(student, CaptionerAdapter) and not self._has_detection_task():
-            raise InputError(f"distill: task_weight > 0 needs box labels, which {data!r} has not for "
-                             f"{student.family} (the set loss exists for OWL-ViT on shapes: data); set "
-                             "task_weight = 0 to distil from the teacher alone")
-
-    def _has_detection_task(self) -> bool:
-        return self.split is not None and self.family == "owlvit"
+        if cfg.task_weight > 0 and not self.task.has_task_loss(self.split):
+            raise InputError(f"distill: task_weight > 0 needs labels, which {data!r} has not for the "
+                             f"{self.task.name} task of {student.family} (detectors: box labels of shapes: "
+                             "data); set task_weight = 0 to distil from the teacher alone, or use shapes:train")
 
     # -------------------------------------------------------------------------------- loop hooks
     def build(self, seed: int, tiny: bool) -> ModelAdapter:
@@ -113,28 +110,19 @@ class DistillTraining(_loop.Recipe):
 
     # ----------------------------------------------------------------------------------- helpers
     def prompts(self) -> list[str]:
-        """The prompt set a detector is distilled on (shapes: the training queries; else the frames')."""
+        """The prompt set a detector is distilled on (shapes: the training queries; else the frames'),
+        see :meth:`edgevlp.tasks.detect.DetectTask.distill_prompts`."""
         if self._prompts is None:
-            if self._has_detection_task():
-                from edgevlp.zoo.owlvit_recipe import QUERIES
-
-                self._prompts = list(QUERIES)
-            elif self.split is not None:
-                from edgevlp.eval.evaluate import split_phrases
-
-                self._prompts = list(split_phrases(self.split))
-            else:
-                assert self._frames is not None
-                self._prompts = sorted({p for f in self._frames for p in f.phrases})
+            self._prompts = self.task.distill_prompts(self.split, self._frames)
         return self._prompts
 
 
 def _hidden_loss(student: ModelAdapter, teacher: ModelAdapter, px: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Relative MSE over the vision layers, and both towers' last hidden states (reused by the caller)."""
-    s_out = vision_tower(student)(pixel_values=px, output_hidden_states=True, return_dict=True)
+    s_out = student.vision_tower()(pixel_values=px, output_hidden_states=True, return_dict=True)
     with torch.no_grad():
-        t_out = vision_tower(teacher)(pixel_values=px, output_hidden_states=True, return_dict=True)
+        t_out = teacher.vision_tower()(pixel_values=px, output_hidden_states=True, return_dict=True)
     terms = [F.mse_loss(s, t) / t.pow(2).mean().clamp(min=1e-8)
              for s, t in zip(s_out.hidden_states[1:], t_out.hidden_states[1:])]
     return torch.stack(terms).mean(), s_out.last_hidden_state, t_out.last_hidden_state
@@ -143,35 +131,8 @@ def _hidden_loss(student: ModelAdapter, teacher: ModelAdapter, px: torch.Tensor
 def distill_loss(job: DistillTraining, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted loss of one batch and its terms (task, kd, hidden)."""
     cfg, student, teacher = job.cfg, job.student, job.teacher
-    px, temp = batch["pixel_values"], cfg.temperature
-    hidden, s_enc, t_enc = _hidden_loss(student, teacher, px)
-    zero = px.new_zeros(())
-    if isinstance(student, CaptionerAdapter):
-        assert isinstance(teacher, CaptionerAdapter)
-        if batch["captions"] is not None:
-            ids = caption_ids(student, batch["captions"], MAX_CAPTION_TOKENS)
-        else:
-            ids = pseudo_captions(teacher, px, MAX_CAPTION_TOKENS)
-        s_logits = teacher_forced_logits(student, px, ids[:, :-1], s_enc)
-        with torch.no_grad():
-            t_logits = teacher_forced_logits(teacher, px, ids[:, :-1], t_enc)
-        mask = token_mask(ids[:, 1:], student.generation_settings().get("eos_token_id"))
-        denom = mask.sum().clamp(min=1)
-        task = (F.cross_entropy(s_logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask).sum() / denom
-        kl = F.kl_div(F.log_softmax(s_logits / temp, -1), F.log_softmax(t_logits / temp, -1), log_target=True,
-                      reduction="none").sum(-1)
-        kd = (kl * mask).sum() / denom * temp ** 2
-    else:
-        prompts = job.prompts()
-        s_logits, s_boxes, _ = detector_outputs(student, px, prompts)
-        with torch.no_grad():
-            t_logits, t_boxes, _ = detector_outputs(teacher, px, prompts)
-        kd = bernoulli_kl(t_logits, s_logits, temp) + F.l1_loss(s_boxes, t_boxes)
-        task = zero
-        if cfg.task_weight > 0:
-            from edgevlp.zoo.owlvit_recipe import detection_targets, set_loss
-
-            task, _ = set_loss(s_logits, s_boxes, detection_targets(batch["scenes"], job.spec.height))
+    hidden, s_enc, t_enc = _hidden_loss(student, teacher, batch["pixel_values"])
+    task, kd = job.task.distill_terms(job, batch, s_enc, t_enc)
     total = cfg.task_weight * task + cfg.kl_weight * kd + cfg.hidden_weight * hidden
     return total, {"task": float(task.detach()), "kd": float(kd.detach()), "hidden": float(hidden.detach())}
 
@@ -189,7 +150,7 @@ def apply(state: CompressState, cfg: DistillConfig) -> dict[str, Any]:
     data = cfg.data
     job = DistillTraining(state.adapter, state.teacher, cfg, data)
     steps = cfg.steps
-    settings = _loop.TrainSettings(
+    settings = _training.TrainSettings(
         name=f"distill-{state.adapter.family}", steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
         warmup=max(1, min(100, steps // 10)), weight_decay=0.01, eval_every=steps, eval_n=32,
         checkpoint_every=cfg.checkpoint_every or steps, threads=max(1, torch.get_num_threads()))
@@ -197,8 +158,8 @@ def apply(state: CompressState, cfg: DistillConfig) -> dict[str, Any]:
     state.adapter.model.train()
     with torch.no_grad():
         first = distill_loss(job, job.batch(0, cfg.batch_size, 0))[1]
-    result = _loop.run(job, settings, ckpt, resume=state.resume and (ckpt / _loop.STATE_DIR / "state.json").is_file(),
-                       progress=state.progress)
+    resume = state.resume and (ckpt / _training.STATE_DIR / "state.json").is_file()
+    result = _training.run(job, settings, ckpt, resume=resume, progress=state.progress)
     state.adapter.model.eval()
     state.model_changed()
     log = result.log

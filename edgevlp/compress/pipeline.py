@@ -25,7 +25,7 @@ from edgevlp.bundle import atomic_directory
 from edgevlp.compress.cache import cacheable_prefix, lookup, read_reports, stage_key, store
 from edgevlp.compress.distill import teacher_copy
 from edgevlp.compress.recipe import DistillConfig, PruneConfig, QuantConfig, Recipe, load_recipe, to_toml
-from edgevlp.compress.record import COMPRESSED_FORMAT, FORMAT_VERSION
+from edgevlp.compress.record import FORMAT_VERSION, CompressionRecord
 from edgevlp.compress.stages import apply_stage
 from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
@@ -72,25 +72,22 @@ def _runnable(recipe: Recipe, shapes_model: bool) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _record(state: CompressState, recipe: Recipe, stages: list[dict[str, Any]]) -> dict[str, Any]:
-    """compression.json (see :mod:`edgevlp.compress.record`)."""
+def _record(state: CompressState, recipe: Recipe, stages: list[dict[str, Any]]) -> CompressionRecord:
+    """The compression record (``compression.json``, :class:`CompressionRecord`)."""
     quant = next((st for st in stages if st.get("stage") == "quant"), {})
     graphs = {r: g for r, g in (quant.get("graphs") or {}).items() if g.get("quantized")}
     cfg = recipe.quant
     fallback = cfg.fallback if cfg is not None else None
-    record: dict[str, Any] = {
-        "format": COMPRESSED_FORMAT, "format_version": FORMAT_VERSION, "base_model": "model",
-        "precision": "int8" if state.quantized else None,
-        "graphs": {r: f for r, f in state.quantized.items() if f.endswith(".onnx")},
-        "schemes": {r: g.get("scheme", cfg.method if cfg else "ptq_static") for r, g in graphs.items()},
-        "parity": {"min_cosine": fallback.min_cosine if fallback else None,
-                   "max_rel_diff": fallback.max_rel_diff if fallback else None,
-                   "measured": {r: g["min_cosine"] for r, g in graphs.items() if "min_cosine" in g}},
-        "recipe": recipe.to_dict()}
-    other = {r: f for r, f in state.quantized.items() if not f.endswith(".onnx")}
-    if other:  # OpenVINO IR: `edgevlp export --target openvino` copies it as it is
-        record["openvino_graphs"] = other
-    return record
+    # OpenVINO IR (not .onnx): `edgevlp export --target openvino` copies it as it is
+    return CompressionRecord(
+        base_model="model", precision="int8" if state.quantized else None,
+        graphs={r: f for r, f in state.quantized.items() if f.endswith(".onnx")},
+        schemes={r: g.get("scheme", cfg.method if cfg else "ptq_static") for r, g in graphs.items()},
+        parity={"min_cosine": fallback.min_cosine if fallback else None,
+                "max_rel_diff": fallback.max_rel_diff if fallback else None,
+                "measured": {r: g["min_cosine"] for r, g in graphs.items() if "min_cosine" in g}},
+        recipe=recipe.to_dict(),
+        openvino_graphs={r: f for r, f in state.quantized.items() if not f.endswith(".onnx")})
 
 
 def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe | str | os.PathLike[str],
@@ -176,8 +173,8 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
         else:
             (tmp / "recipe.toml").write_text(to_toml(effective), encoding="utf-8")
         compression = _record(state, effective, stages)
-        other = compression.get("openvino_graphs") or {}
-        (tmp / "compression.json").write_text(json.dumps(compression, indent=2) + "\n", encoding="utf-8")
+        other = compression.openvino_graphs
+        compression.write(tmp)
         metric_after = None
         if measure:
             state.log(f"measuring the task metric on {eval_n} images of {eval_data}")

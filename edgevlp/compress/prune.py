@@ -26,21 +26,19 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from edgevlp.compress.recipe import PruneConfig
-from edgevlp.compress.signals import (Batch, detector_outputs, load_batches, pseudo_captions, run_task,
-                                      teacher_forced_logits, token_mask)
+from edgevlp.compress.signals import Batch, load_batches, run_task
 from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
-from edgevlp.models.base import CaptionerAdapter, ModelAdapter
+from edgevlp.models.base import ModelAdapter
 from edgevlp.models.pruning import (AttentionGroup, MlpGroup, attention_groups, head_output_linear, mlp_groups,
                                     neuron_output_linear, prune_heads, prune_neurons)
+from edgevlp.tasks import get_task
 
 __all__ = ["apply", "importance_scores", "select_units", "part_of"]
 
 _PART_KINDS = {"vision_encoder": "vision", "text_decoder": "text", "text_encoder": "text"}
-BOX_SIGMA = 0.05
 BATCH = 8
 
 
@@ -81,23 +79,6 @@ def _gates(model: torch.nn.Module, groups: list[Group]) -> tuple[dict[str, torch
     return gates, handles
 
 
-def _fisher_loss(adapter: ModelAdapter, batch: Batch, gen: torch.Generator) -> torch.Tensor:
-    """Log-likelihood loss of the model's own (sampled or greedy) predictions on ``batch``."""
-    px = batch.pixel_values
-    if isinstance(adapter, CaptionerAdapter):
-        ids = pseudo_captions(adapter, px)
-        logits = teacher_forced_logits(adapter, px, ids[:, :-1])
-        mask = token_mask(ids[:, 1:], adapter.generation_settings().get("eos_token_id"))
-        ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        return (ce * mask).sum() / mask.sum().clamp(min=1)
-    logits, boxes, _ = detector_outputs(adapter, px, batch.phrases)
-    with torch.no_grad():
-        labels = torch.bernoulli(torch.sigmoid(logits), generator=gen)
-        target = boxes + BOX_SIGMA * torch.randn(boxes.shape, generator=gen)
-    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-    return (bce + ((boxes - target) ** 2).sum() / (2 * BOX_SIGMA ** 2)) / px.shape[0]
-
-
 def importance_scores(adapter: ModelAdapter, groups: list[Group], method: str, batches: list[Batch],
                       progress: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
     """Importance of every unit of every group (path -> tensor of length heads / neurons)."""
@@ -110,7 +91,7 @@ def importance_scores(adapter: ModelAdapter, groups: list[Group], method: str, b
     try:
         for i, batch in enumerate(batches):
             if method == "taylor":
-                loss = _fisher_loss(adapter, batch, gen)
+                loss = get_task(adapter.task).fisher_loss(adapter, batch, gen)
                 grads = torch.autograd.grad(loss, [gates[g.path] for g in groups], allow_unused=True)
                 for g, grad in zip(groups, grads):
                     if grad is not None:

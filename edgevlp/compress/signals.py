@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
+from edgevlp.tasks import get_task
 
 __all__ = ["Batch", "load_batches", "teacher_forced_logits", "pseudo_captions", "caption_ids", "detector_outputs",
-           "vision_tower", "token_mask", "run_task", "bernoulli_kl"]
+           "token_mask", "run_task"]
 
 
 @dataclass
@@ -96,24 +96,6 @@ def detector_outputs(adapter: DetectorAdapter, pixel_values: torch.Tensor, promp
 
 def run_task(adapter: ModelAdapter, batch: Batch) -> None:
     """One forward pass of ``adapter`` over ``batch`` as deployed (for hooks that observe activations):
-    the model's own caption teacher-forced, or the detector on the batch's phrases."""
-    if isinstance(adapter, CaptionerAdapter):
-        teacher_forced_logits(adapter, batch.pixel_values, pseudo_captions(adapter, batch.pixel_values))
-    else:
-        detector_outputs(adapter, batch.pixel_values, batch.phrases)
-
-
-def vision_tower(adapter: ModelAdapter) -> torch.nn.Module:
-    """The vision transformer of ``adapter`` (it returns ``hidden_states`` when asked)."""
-    m = adapter.model
-    if isinstance(adapter, DetectorAdapter):
-        return getattr(m, adapter.backbone).vision_model
-    return getattr(m, "vision_model", None) or m.encoder
-
-
-def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean KL(Bernoulli(sigmoid(t/T)) || Bernoulli(sigmoid(s/T))) * T^2 (sigmoid class heads)."""
-    t, s = teacher_logits / temperature, student_logits / temperature
-    p = torch.sigmoid(t)
-    kl = p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))
-    return kl.mean() * temperature ** 2
+    the model's own caption teacher-forced, or the detector on the batch's phrases (its task's
+    :meth:`edgevlp.tasks.Task.run_forward`)."""
+    get_task(adapter.task).run_forward(adapter, batch)

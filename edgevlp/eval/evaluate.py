@@ -30,7 +30,8 @@ from edgevlp.data.vocab import CATEGORIES, HELDOUT_PAIRS
 if TYPE_CHECKING:
     from edgevlp.models.base import ModelAdapter
 from edgevlp.errors import InputError
-from edgevlp.eval.metrics import DetectionRecord, caption_scores, detection_scores
+from edgevlp.eval.metrics import DetectionRecord
+from edgevlp.tasks import get_task
 
 __all__ = ["evaluate", "Sample", "load_samples", "split_phrases", "topk_detections", "DEFAULT_N",
            "detect_scenes_torch", "caption_samples_torch", "mention_recall"]
@@ -85,18 +86,20 @@ def load_samples(data: str, n: int | None, size: int) -> tuple[list[Sample], tup
     return samples, split_phrases(spec.split)
 
 
-def topk_detections(logits: np.ndarray, boxes_cxcywh: np.ndarray, to_frame: Callable[[np.ndarray], np.ndarray],
-                    input_hw: tuple[int, int], k: int = TOP_K) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``k`` best (patch, query) pairs of one image: boxes (frame xyxy), scores, query indices."""
+def topk_detections(logits: np.ndarray, boxes: np.ndarray, to_frame: Callable[[np.ndarray], np.ndarray],
+                    input_hw: tuple[int, int], k: int = TOP_K, box_format: str = "cxcywh_normalized"
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` best (patch, query) pairs of one image: boxes (frame xyxy), scores, query indices
+    (``boxes``: the predicted boxes in ``box_format``, see :data:`edgevlp.runtime.detector.BOX_FORMATS`)."""
+    from edgevlp.runtime.detector import boxes_to_xyxy
+
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))  # (P, Q)
     flat = probs.ravel()
     k = min(k, flat.size)
     top = np.argpartition(-flat, k - 1)[:k]
     top = top[np.argsort(-flat[top], kind="stable")]
     patch, query = np.unravel_index(top, probs.shape)
-    h, w = input_hw
-    cx, cy, bw, bh = boxes_cxcywh[patch].T.astype(np.float64)
-    xyxy = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], 1)
+    xyxy = boxes_to_xyxy(boxes[patch].astype(np.float64), box_format, input_hw)
     return to_frame(xyxy), flat[top], query
 
 
@@ -198,7 +201,6 @@ def caption_samples_bundle(captioner: Any, samples: Sequence[Sample], *, max_new
 
 def detect_samples_bundle(detector: Any, samples: Sequence[Sample], phrases: list[str], *,
                           progress: bool = True) -> list[DetectionRecord]:
-    from edgevlp.runtime.detector import class_logits
     from edgevlp.runtime.preprocess import preprocess
 
     q = detector.embed_prompts(phrases)
@@ -208,8 +210,9 @@ def detect_samples_bundle(detector: Any, samples: Sequence[Sample], phrases: lis
         for s in samples:
             pixels, transform = preprocess(np.ascontiguousarray(s.image[..., ::-1]), detector.spec)
             heads = detector.heads(pixels)
-            logits = class_logits(heads, q)[0]
-            boxes, scores, idx = topk_detections(logits, heads["pred_boxes"][0], transform.to_frame, input_hw)
+            logits = detector.class_logits(heads, q)[0]
+            boxes, scores, idx = topk_detections(logits, heads["pred_boxes"][0], transform.to_frame, input_hw,
+                                                 box_format=detector.box_format)
             records.append(DetectionRecord(s.image.shape[1], s.image.shape[0], s.boxes, s.phrases,
                                            boxes, scores, [phrases[j] for j in idx]))
             bar.update(1)
@@ -285,28 +288,9 @@ def evaluate(model_or_bundle: str | os.PathLike[str] | ModelAdapter, data: str =
     if not samples:
         raise InputError(f"{data} holds no images")
     result: dict[str, Any] = {"task": task, "model": target, "kind": kind, "data": data}
-    if task == "caption":
-        refs = {i: s.captions for i, s in enumerate(samples)}
-        if not all(refs.values()):
-            raise InputError(f"{data}: some images have no reference captions; captioners need them")
-        if kind == "bundle":
-            texts = caption_samples_bundle(predictor, samples, max_new_tokens=max_new_tokens, progress=progress)
-        else:
-            texts = caption_samples_torch(predictor, samples, batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens, progress=progress)
-        result.update(caption_scores(refs, dict(enumerate(texts))))
-        result.update(mention_recall(samples, texts))
-        result["examples"] = [{"prediction": t, "reference": s.captions[0]} for t, s in zip(texts[:5], samples)]
-    else:
-        if kind == "bundle":
-            records = detect_samples_bundle(predictor, samples, list(phrases), progress=progress)
-        else:
-            records = detect_scenes_torch(predictor, samples, list(phrases), batch_size=batch_size, progress=progress)
-        result.update(detection_scores(records, list(phrases)))
-        result["queries"] = len(phrases)
-        if data.startswith("shapes:heldout"):
-            sub = detection_scores(records, list(phrases), only=HELDOUT_PHRASES)
-            result["heldout_pairs"] = {k: sub[k] for k in ("map", "map50", "map75")}
+    result.update(get_task(task).evaluate(predictor, samples, phrases, data=data, bundle=kind == "bundle",
+                                          batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                          progress=progress))
     result["n_images"] = len(samples)
     result["seconds"] = round(time.time() - t0, 1)
     return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,14 +15,18 @@ from edgevlp._lazy import import_object
 from edgevlp.bundle import GraphSpec, Manifest, build_bundle, file_digest
 from edgevlp.errors import BundleError, InputError
 from edgevlp.export.context import ExportContext
-from edgevlp.export.graphs import GraphExport, graphs_for
+from edgevlp.export.graphs import GraphExport
 from edgevlp.export.onnx_export import DEFAULT_OPSET, export_graph
 from edgevlp.export.parity import check_parity, parity_photos, parity_pixels
 from edgevlp.export.profiles import PRECISIONS, TARGETS, check_profile_target, load_profile
 from edgevlp.export.progress import Progress
 from edgevlp.models import load_model
-from edgevlp.models.base import CaptionerAdapter, ModelAdapter
+from edgevlp.models.base import ModelAdapter
 from edgevlp.models.presets import RANDOM_WEIGHTS_NOTE, preset_record
+from edgevlp.tasks import get_task
+
+if TYPE_CHECKING:
+    from edgevlp.compress.record import CompressionRecord
 
 __all__ = ["export_model", "WRITERS", "COMPRESSION_FILE"]
 
@@ -76,13 +80,7 @@ def _sample_feeds(graphs: list[GraphExport], pixels: np.ndarray) -> dict[str, di
     return feeds
 
 
-def _read_compression(model_dir: Path | None) -> dict[str, Any] | None:
-    from edgevlp.compress.record import read_compression
-
-    return read_compression(model_dir)
-
-
-def _int8_tolerance(compression: dict[str, Any] | None, rtol: float) -> tuple[float, float]:
+def _int8_tolerance(compression: CompressionRecord | None, rtol: float) -> tuple[float, float]:
     """(rtol, min_cosine) of an INT8 parity check: the compression record's, else the defaults."""
     from edgevlp.compress.record import parity_tolerance
 
@@ -124,12 +122,13 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
     steps = Progress(enabled=progress)
 
     model_dir = None
-    compression = None
+    compression: CompressionRecord | None = None
     if not isinstance(model, ModelAdapter):
+        from edgevlp.compress.record import read_compression
         from edgevlp.models import resolve_model_dir
 
         model_dir = resolve_model_dir(model)
-        compression = _read_compression(model_dir)
+        compression = read_compression(model_dir)
     if compression is not None:  # before loading: a contradicting --precision fails fast
         from edgevlp.compress.record import export_precision
 
@@ -142,15 +141,15 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
             adapter = model
         else:
             assert model_dir is not None
-            base = model_dir / compression["base_model"] if compression and "base_model" in compression \
-                else model_dir
+            base = model_dir / compression.base_model if compression and compression.base_model else model_dir
             adapter = load_model(base)
-    qdq = (compression or {}).get("graphs") or {}
+    task = get_task(adapter.task)
+    qdq = compression.graphs if compression else {}
     # OpenVINO IR quantised by `edgevlp compress` (NNCF) is used as is for the openvino target.
-    ov_ir = ((compression or {}).get("openvino_graphs") or {}) if target == "openvino" else {}
+    ov_ir = compression.openvino_graphs if compression and target == "openvino" else {}
 
     def write(root: Path) -> Manifest:
-        traced = graphs_for(adapter)
+        traced = task.graphs(adapter)
         records = {}
         for g in traced:
             path = root / f"{g.role}.onnx"
@@ -181,19 +180,15 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
         with steps.stage("convert", f"{target} {precision}"):
             import_object(WRITERS[target])(ctx)
         adapter.save_tokenizer(root)
-        is_captioner = isinstance(adapter, CaptionerAdapter)
+        settings = {task.manifest_section: task.manifest_settings(adapter, max_new_tokens=prof.max_new_tokens,
+                                                                  roles=ctx.graphs_by_role())}
         manifest = Manifest(
             task=adapter.task, family=adapter.family, architecture=adapter.architecture,
             source=_source_record(model, model_dir, adapter), target=target, precision=precision,
             graphs={g.role: g for g in ctx.graphs}, preprocess=spec.to_dict(),
             tokenizer={"file": "tokenizer.json", **adapter.tokenizer_summary()},
-            generation={**adapter.generation_settings(), "max_new_tokens": prof.max_new_tokens,
-                        "decoder": "single graph; past_sequence may be 0 (first step)"
-                                   + ("; cross-attention keys/values from cross_kv, once per image"
-                                      if "cross_kv" in ctx.graphs_by_role() else "")}
-            if is_captioner else {},
-            detection=adapter.detection_settings() if not is_captioner else {},
-            compression=(compression or {}).get("recipe"),
+            **settings,
+            compression=compression.recipe if compression else None,
             versions={**_versions(), "opset": str(opset)},
             target_profile=prof.to_dict(),
             export={"graphs": records, **ctx.notes},

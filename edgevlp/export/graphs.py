@@ -28,7 +28,8 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from edgevlp.bundle import TensorSpec
 from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
 
-__all__ = ["GraphExport", "graphs_for", "decoder_past_names", "cross_kv_names", "CROSS_PREFIX"]
+__all__ = ["GraphExport", "graphs_for", "captioner_graphs", "detector_graphs", "decoder_past_names", "cross_kv_names",
+           "CROSS_PREFIX"]
 
 #: Name prefix of the cross-attention key/value tensors (outputs of ``cross_kv``, inputs of the decoder).
 CROSS_PREFIX = "cross_attention"
@@ -162,7 +163,9 @@ def _example_pixels(adapter: ModelAdapter, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
 
 
-def _captioner_graphs(adapter: CaptionerAdapter) -> list[GraphExport]:
+def captioner_graphs(adapter: CaptionerAdapter) -> list[GraphExport]:
+    """The ``caption`` task's graphs: vision encoder, cross-attention keys/values (when the adapter knows
+    its decoder layout) and one decoder step."""
     pixels = _example_pixels(adapter)
     _, c, h, w = pixels.shape
     with torch.no_grad():
@@ -211,7 +214,8 @@ def _captioner_graphs(adapter: CaptionerAdapter) -> list[GraphExport]:
     return [vision, cross_graph, decoder]
 
 
-def _detector_graphs(adapter: DetectorAdapter) -> list[GraphExport]:
+def detector_graphs(adapter: DetectorAdapter) -> list[GraphExport]:
+    """The ``detect`` task's graphs: image encoder (per-patch heads) and text encoder."""
     pixels = _example_pixels(adapter)
     _, c, h, w = pixels.shape
     with torch.no_grad():
@@ -241,9 +245,8 @@ def _detector_graphs(adapter: DetectorAdapter) -> list[GraphExport]:
 
 
 def graphs_for(adapter: ModelAdapter) -> list[GraphExport]:
-    """The graphs ``adapter``'s model is exported as, in execution order."""
-    if isinstance(adapter, CaptionerAdapter):
-        return _captioner_graphs(adapter)
-    if isinstance(adapter, DetectorAdapter):
-        return _detector_graphs(adapter)
-    raise TypeError(f"no export graphs for adapter {type(adapter).__name__}")
+    """The graphs ``adapter``'s model is exported as, in execution order (its task's, see
+    :meth:`edgevlp.tasks.Task.graphs`)."""
+    from edgevlp.tasks import get_task
+
+    return get_task(adapter.task).graphs(adapter)

@@ -18,13 +18,14 @@ from edgevlp.bundle import Manifest
 from edgevlp.errors import ExportError
 from edgevlp.models.base import CaptionerAdapter, DetectorAdapter, ModelAdapter
 from edgevlp.runtime.captioner import Captioner
-from edgevlp.runtime.detector import Detector, class_logits
+from edgevlp.runtime.detector import Detector
 from edgevlp.runtime.loader import choose_backend
 from edgevlp.runtime.preprocess import normalize_reference
 from edgevlp.runtime.tokenizer import BundleTokenizer
 from edgevlp.spec import PreprocessSpec
+from edgevlp.tasks import get_task
 
-__all__ = ["PROMPT_SETS", "parity_photos", "parity_pixels", "check_parity"]
+__all__ = ["PROMPT_SETS", "parity_photos", "parity_pixels", "check_parity", "captioner_parity", "detector_parity"]
 
 PROMPT_SETS = (["a photo of a cat", "red circle"], ["blue square", "a small green triangle", "dog"])
 PHOTOS = ("astronaut", "coffee")
@@ -77,8 +78,9 @@ class _Diffs:
                                   "cosine": round(cosine, 6), "ok": ok}
 
 
-def _captioner_parity(adapter: CaptionerAdapter, model: Captioner, pixels: np.ndarray, diffs: _Diffs,
-                      new_tokens: int) -> dict[str, Any]:
+def captioner_parity(adapter: CaptionerAdapter, model: Captioner, pixels: np.ndarray, diffs: _Diffs,
+                     new_tokens: int) -> dict[str, Any]:
+    """Encoder states, cross-attention keys/values, first-step logits and ``new_tokens`` greedy tokens."""
     px = torch.from_numpy(pixels)
     with torch.no_grad():
         ref_enc = adapter.encode_image(px).numpy()
@@ -107,13 +109,15 @@ def _captioner_parity(adapter: CaptionerAdapter, model: Captioner, pixels: np.nd
             "source_token_ids": ref_ids.tolist(), "exported_token_ids": got_ids.tolist()}
 
 
-def _detector_parity(adapter: DetectorAdapter, model: Detector, pixels: np.ndarray,
-                     diffs: _Diffs) -> dict[str, Any]:
+def detector_parity(adapter: DetectorAdapter, model: Detector, pixels: np.ndarray,
+                    diffs: _Diffs) -> dict[str, Any]:
+    """Class logits (image graph + text graph + the runtime's class head), boxes and objectness, for
+    each of :data:`PROMPT_SETS`."""
     heads = model.heads(pixels)
     for prompts in PROMPT_SETS:
         ref = adapter.forward(torch.from_numpy(pixels), prompts=prompts)
         q = model.embed_prompts(prompts)
-        diffs.add("logits", class_logits(heads, q), ref["logits"].numpy())
+        diffs.add("logits", model.class_logits(heads, q), ref["logits"].numpy())
         diffs.add("pred_boxes", heads["pred_boxes"], ref["pred_boxes"].numpy())
         if "objectness_logits" in ref:
             diffs.add("objectness_logits", heads["objectness_logits"], ref["objectness_logits"].numpy())
@@ -136,19 +140,11 @@ def check_parity(adapter: ModelAdapter, manifest: Manifest, *, atol: float, rtol
     # Graphs made static (batch 1) for TensorRT take the photos one at a time.
     first = next(iter(manifest.graphs.values())).inputs[0]
     batches = [pixels] if isinstance(first.shape[0], str) else [pixels[i:i + 1] for i in range(len(pixels))]
+    task = get_task(adapter.task)
     extra: dict[str, Any] = {}
     for batch in batches:
-        if isinstance(adapter, CaptionerAdapter):
-            one = _captioner_parity(adapter, Captioner(manifest, sessions, tokenizer), batch, diffs,
-                                    new_tokens)
-            if extra:
-                one["greedy_tokens_identical"] &= extra["greedy_tokens_identical"]
-                one["source_token_ids"] = extra["source_token_ids"] + one["source_token_ids"]
-                one["exported_token_ids"] = extra["exported_token_ids"] + one["exported_token_ids"]
-            extra = one
-        else:
-            assert isinstance(adapter, DetectorAdapter)
-            extra = _detector_parity(adapter, Detector(manifest, sessions, tokenizer), batch, diffs)
+        model = task.runtime_type()(manifest, sessions, tokenizer)
+        extra = task.parity(adapter, model, batch, diffs, new_tokens=new_tokens, so_far=extra)
     tolerance = {"atol": atol, "rtol": rtol, **({"or_min_cosine": min_cosine} if min_cosine is not None else {})}
     record = {"backend": backend.name, "images": list(photos), "tolerance": tolerance,
               "outputs": diffs.outputs, **extra}

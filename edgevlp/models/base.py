@@ -50,7 +50,7 @@ class ModelAdapter(ABC):
 
     family: ClassVar[str]
     architecture: ClassVar[str]
-    task: ClassVar[str]  # "caption" | "detect"
+    task: ClassVar[str]  # a task of edgevlp.tasks.TASKS: "caption" | "detect"
     parts: ClassVar[tuple[PartSpec, ...]]
 
     def __init__(
@@ -232,6 +232,10 @@ class ModelAdapter(ABC):
         shapes = pruned_shapes(self.model)
         return {"pruning": shapes} if any(shapes.values()) else {}
 
+    def vision_tower(self) -> torch.nn.Module:
+        """The vision transformer (it returns ``hidden_states`` when asked; distillation matches them)."""
+        return getattr(self.model, "vision_model", None) or self.model.encoder
+
     # --------------------------------------------------------------------------------- reference
     @abstractmethod
     def forward(self, pixel_values: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
@@ -335,6 +339,9 @@ class DetectorAdapter(ModelAdapter):
         return {"max_text_length": text.max_position_embeddings, "pad_token_id": pad,
                 "objectness": hasattr(self.model, "objectness_predictor"),
                 "box_format": "cxcywh_normalized", "class_head": "normalized_dot_shift_scale"}
+
+    def vision_tower(self) -> torch.nn.Module:
+        return getattr(self.model, self.backbone).vision_model
 
     def image_heads(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """The image graph: everything per patch that does not depend on the prompts.

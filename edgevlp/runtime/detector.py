@@ -8,19 +8,65 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from edgevlp.bundle import Manifest
-from edgevlp.errors import InputError
+from edgevlp.errors import BundleError, InputError
 from edgevlp.runtime.backends import GraphSession
 from edgevlp.runtime.results import Detections
 from edgevlp.runtime.tokenizer import BundleTokenizer
 from edgevlp.runtime.base import BundleModel
 
-__all__ = ["Detector", "class_logits", "nms"]
+__all__ = ["Detector", "class_logits", "boxes_to_xyxy", "CLASS_HEADS", "BOX_FORMATS", "nms"]
 
 
 def class_logits(heads: Mapping[str, np.ndarray], text_embeds: np.ndarray) -> np.ndarray:
     """OWL-ViT's class head, exactly: ``(class_embeds . q/(|q|+1e-6) + shift) * scale`` -> (B, P, Q)."""
     q = text_embeds / (np.linalg.norm(text_embeds, axis=-1, keepdims=True) + 1e-6)
     return (heads["class_embeds"] @ q.T + heads["logit_shift"]) * heads["logit_scale"]
+
+
+#: The manifest's ``detection.class_head`` -> image-graph heads + text embeddings -> logits (B, P, Q).
+CLASS_HEADS: dict[str, Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray]] = {
+    "normalized_dot_shift_scale": class_logits,
+}
+
+
+def _from_cxcywh(boxes: np.ndarray, w: int, h: int) -> np.ndarray:
+    cx, cy, bw, bh = boxes.T
+    return np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], axis=1)
+
+
+def _from_xyxy(boxes: np.ndarray, w: int, h: int) -> np.ndarray:
+    x1, y1, x2, y2 = boxes.T
+    return np.stack([x1 * w, y1 * h, x2 * w, y2 * h], axis=1)
+
+
+#: The manifest's ``detection.box_format`` (how ``pred_boxes`` are laid out, relative to the model
+#: input) -> a decoder to xyxy in model-input pixels.
+BOX_FORMATS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
+    "cxcywh_normalized": _from_cxcywh,
+    "xyxy_normalized": _from_xyxy,
+}
+
+
+def boxes_to_xyxy(boxes: np.ndarray, box_format: str, input_hw: tuple[int, int]) -> np.ndarray:
+    """``(P, 4)`` predicted boxes in ``box_format`` -> xyxy in pixels of a model input ``input_hw``.
+
+    Example:
+        >>> boxes_to_xyxy(np.array([[0.5, 0.5, 0.5, 1.0]]), "cxcywh_normalized", (10, 20)).tolist()
+        [[5.0, 0.0, 15.0, 10.0]]
+    """
+    if box_format not in BOX_FORMATS:
+        raise InputError(f"unknown box format {box_format!r}; known: {', '.join(BOX_FORMATS)}")
+    h, w = input_hw
+    return BOX_FORMATS[box_format](boxes, w, h)
+
+
+def _setting(settings: Mapping[str, object], key: str, known: Mapping[str, object]) -> str:
+    value = settings.get(key)
+    if value not in known:
+        raise BundleError(f"this bundle's manifest has detection.{key} = {value!r}, which this runtime cannot "
+                          f"post-process (known: {', '.join(known)}); re-export the bundle with "
+                          "`edgevlp export`, or use an edgevlp that knows it")
+    return str(value)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
@@ -57,6 +103,8 @@ class Detector(BundleModel):
         self.image = sessions["image_encoder"]
         self.text = sessions["text_encoder"]
         self.settings = dict(manifest.detection)
+        self.class_head = _setting(self.settings, "class_head", CLASS_HEADS)
+        self.box_format = _setting(self.settings, "box_format", BOX_FORMATS)
         self.prompts: list[str] = []
         self._text_embeds: np.ndarray | None = None
 
@@ -79,7 +127,16 @@ class Detector(BundleModel):
     def logits(self, pixel_values: np.ndarray, text_embeds: np.ndarray | None = None) -> np.ndarray:
         """Class logits (B, patches, Q) for the current (or given) prompt embeddings."""
         q = self._require_prompts() if text_embeds is None else text_embeds
-        return class_logits(self.heads(pixel_values), q)
+        return self.class_logits(self.heads(pixel_values), q)
+
+    def class_logits(self, heads: Mapping[str, np.ndarray], text_embeds: np.ndarray) -> np.ndarray:
+        """The bundle's class head (manifest ``detection.class_head``) -> logits (B, patches, Q)."""
+        return CLASS_HEADS[self.class_head](heads, text_embeds)
+
+    def input_boxes(self, pred_boxes: np.ndarray) -> np.ndarray:
+        """One image's ``pred_boxes`` (P, 4), in the manifest's ``detection.box_format``, as xyxy in
+        model-input pixels."""
+        return BOX_FORMATS[self.box_format](pred_boxes, int(self.spec.input_shape[3]), int(self.spec.input_shape[2]))
 
     def detect(self, frame: np.ndarray, threshold: float = 0.1, nms_iou: float = 0.3) -> Detections:
         """Detect the current prompts in a BGR uint8 frame; boxes in frame pixels."""
@@ -105,13 +162,10 @@ class Detector(BundleModel):
             raise InputError(f"threshold must be in [0, 1], got {threshold}")
         if not 0.0 < nms_iou <= 1.0:
             raise InputError(f"nms_iou must be in (0, 1], got {nms_iou}")
-        logits = class_logits(heads, text_embeds)[0]
+        logits = self.class_logits(heads, text_embeds)[0]
         probs = 1.0 / (1.0 + np.exp(-logits))
         scores, labels = probs.max(axis=-1), probs.argmax(axis=-1)
-        cx, cy, w, h = heads["pred_boxes"][0].T
-        in_h, in_w = self.spec.input_shape[2:]
-        boxes = to_frame(np.stack([(cx - w / 2) * in_w, (cy - h / 2) * in_h, (cx + w / 2) * in_w,
-                                   (cy + h / 2) * in_h], axis=1))
+        boxes = to_frame(self.input_boxes(heads["pred_boxes"][0]))
         # Boxes entirely in the padding (letterbox / OWLv2's square) clip to nothing in the frame.
         visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         keep = np.nonzero((scores >= threshold) & visible)[0]

@@ -1,4 +1,5 @@
-"""``load(bundle)``: verify, pick a backend, open every graph, return a Captioner or a Detector."""
+"""``load(bundle)``: verify, pick a backend, open every graph, return the runtime model of the bundle's task
+(a Captioner or a Detector, named by :mod:`edgevlp.tasks`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ from pathlib import Path
 from edgevlp.bundle import Manifest, read_manifest
 from edgevlp.errors import BackendUnavailableError
 from edgevlp.runtime.backends import TARGET_PREFERENCES, Backend, available_backends, get_backend
-from edgevlp.runtime.captioner import Captioner
-from edgevlp.runtime.detector import Detector
+from edgevlp.runtime.base import BundleModel
 from edgevlp.runtime.tokenizer import BundleTokenizer
+from edgevlp.tasks import get_task
 
 __all__ = ["load", "choose_backend"]
-
-_TASKS = {"caption": Captioner, "detect": Detector}
 
 
 def choose_backend(manifest: Manifest, backend: str | None = None, device: str | None = None) -> Backend:
@@ -44,7 +43,7 @@ def choose_backend(manifest: Manifest, backend: str | None = None, device: str |
 
 
 def load(path: str | os.PathLike[str], backend: str | None = None, device: str | None = None, *,
-         verify: bool = True) -> Captioner | Detector:
+         verify: bool = True) -> BundleModel:
     """Open a bundle. Hashes are verified unless ``verify=False`` (trusted read-only deployments).
 
     Example:
@@ -57,6 +56,6 @@ def load(path: str | os.PathLike[str], backend: str | None = None, device: str |
     engine = choose_backend(manifest, backend, device)
     sessions = {role: engine.open(root, graph) for role, graph in manifest.graphs.items()}
     tokenizer = BundleTokenizer.from_file(root / manifest.tokenizer["file"])
-    model = _TASKS[manifest.task](manifest, sessions, tokenizer)
+    model = get_task(manifest.task).runtime_type()(manifest, sessions, tokenizer)
     model.backend = engine.name
     return model

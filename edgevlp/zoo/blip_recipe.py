@@ -16,7 +16,7 @@ from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProc
 from edgevlp.data import CAPTION_VOCAB, dataset
 from edgevlp.models._tokenizers import wordpiece_tokenizer
 from edgevlp.models.blip import BlipAdapter
-from edgevlp.zoo._loop import Recipe, to_pixels, train_index
+from edgevlp._training import Recipe, to_pixels, train_index
 
 __all__ = ["BlipRecipe", "CLIP_MEAN", "CLIP_STD"]
 

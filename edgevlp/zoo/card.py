@@ -12,10 +12,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment", "write_card", "record_eval", "read_card_data"]
+from edgevlp.tasks import get_task
 
-_KEYS = {"caption": ("bleu4", "cider", "bleu1", "colour_recall", "shape_recall", "pair_recall"),
-         "detect": ("map50", "map", "map75")}
+__all__ = ["environment", "write_card", "record_eval", "read_card_data"]
 
 _TEXT = {
     "demo-blip": dict(
@@ -109,7 +108,7 @@ def write_card(model_dir: str | os.PathLike[str], data: dict[str, Any]) -> Path:
         "## Metrics", "",
     ]
     metrics = data.get("metrics", {})
-    keys = _KEYS[task]
+    keys = get_task(task).card_metrics
     if metrics:
         lines += ["| data | images | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
         for where, m in sorted(metrics.items()):
@@ -119,17 +118,7 @@ def write_card(model_dir: str | os.PathLike[str], data: dict[str, Any]) -> Path:
                 lines.append(f"| {where}, held-out pairs only | {m.get('n_images', '')} | "
                              + " | ".join(_fmt(h.get(k, '')) for k in keys) + " |")
         lines.append("")
-    if task == "caption":
-        lines.append("BLEU-4 and CIDEr-D from pycocoevalcap's scorers on simple lower-case whitespace "
-                     "tokenisation (its Java PTB tokenizer is not used), greedy decoding, 3-5 "
-                     "references per image. The recalls are the share of objects whose colour, shape "
-                     "and colour-shape pair the caption names (read back with "
-                     "`edgevlp.data.parse_caption`): BLEU and CIDEr also reward the template words.")
-    else:
-        lines.append("COCO box mAP@[.5:.95] (map) and mAP@.5 (map50) from pycocotools; every phrase of "
-                     "the split is queried on every image (50 on val, 56 on heldout), so false "
-                     "positives from all images count; the 100 best (box, phrase) pairs per image are "
-                     "kept. \"held-out pairs only\" averages over the six unseen pairs.")
+    lines.append(get_task(task).metric_note)
     targets = data.get("targets")
     if targets:
         lines += ["", f"Targets (issue 7): {targets}."]

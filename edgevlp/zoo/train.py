@@ -78,7 +78,7 @@ def train(name: str, *, steps: int | None = None, out: str | os.PathLike[str] | 
     ``tiny`` builds a toy-sized config (for tests). Returns ``out``. Checkpoints go to ``out/.train``
     every ``checkpoint_every`` steps; ``resume=True`` continues from there with the same settings.
     """
-    from edgevlp.zoo._loop import TrainSettings, run
+    from edgevlp._training import TrainSettings, run
     from edgevlp.zoo.card import environment, write_card
 
     recipe = recipe_for(name)

@@ -1,4 +1,5 @@
-"""The training loop shared by the demo-zoo recipes: seeded, resumable, with progress and checkpoints.
+"""The training loop shared by the demo-zoo recipes and distillation: seeded, resumable, with progress and
+checkpoints.
 
 A :class:`Recipe` says how to build a model, draw a batch for a step, compute the loss and run a quick
 evaluation; :func:`run` does the rest. Data are a pure function of ``(seed, step)`` and the models
