@@ -107,6 +107,10 @@ def test_bench_random_weights_preset_is_latency_only(monkeypatch, tmp_path) -> N
     ours = [c.strip() for c in next(line for line in table.splitlines() if "| onnxruntime |" in line).split("|")]
     assert ours[header.index("model")] == f"arch:{preset.name}"
     assert abs(float(ours[header.index("speed-up")].rstrip("x")) - rows[1].p50 / rows[0].p50) < 0.01
+    per_token = rows[1].decode_ms_per_token / rows[0].decode_ms_per_token
+    assert abs(float(ours[header.index("decode speed-up")].rstrip("x")) - per_token) < 0.01
+    rss = rows[0].peak_rss_mib * 2**20 / (rows[0].size_mb * 1e6)
+    assert abs(float(ours[header.index("RSS / size")]) - rss) < 0.01
 
 
 def test_photo_frames_are_real_photos() -> None:

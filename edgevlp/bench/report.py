@@ -27,15 +27,27 @@ def _label(r: BenchRow) -> str:
 
 def markdown_table(rows: list[BenchRow]) -> str:
     """One row per configuration: latency p50/p90 in ms per stage and in total, decode ms per new token,
-    and each row's speed-up against its own model's transformers eager (and optimum ORTModel) row."""
+    each row's speed-up against its own model's transformers eager (and optimum ORTModel) row, in total
+    and per decoded token, and its peak RSS over its size on disk."""
     head = ("| model | engine | precision | metric | p50 ms | p90 ms | preprocess | encode | decode "
-            "| decode ms/token | post | FPS | speed-up | vs optimum | peak RSS MiB | cold start s | size MB "
-            "| note |")
+            "| decode ms/token | post | FPS | speed-up | vs optimum | decode speed-up | peak RSS MiB "
+            "| RSS / size | cold start s | size MB | note |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
-    def ref(engine: str, r: BenchRow) -> float | None:  # the same model's reference (legacy: same task)
+    def reference(engine: str, r: BenchRow) -> BenchRow | None:  # the same model's (legacy: same task)
         same = [o for o in rows if o.engine == engine and (o.model == r.model if r.model else o.task == r.task)]
-        return same[-1].p50 if same else None
+        return same[-1] if same else None
+
+    def ref(engine: str, r: BenchRow) -> float | None:
+        found = reference(engine, r)
+        return found.p50 if found else None
+
+    def per_token(r: BenchRow) -> str:
+        eager = reference("pytorch", r)
+        return _ratio(eager.decode_ms_per_token if eager else None, r.decode_ms_per_token or float("nan"))
+
+    def rss_ratio(r: BenchRow) -> str:  # MiB over MB: both in bytes
+        return f"{r.peak_rss_mib * 2**20 / (r.size_mb * 1e6):.2f}" if r.peak_rss_mib and r.size_mb else "-"
 
     for r in rows:
         stage = {k: _fmt(r.latency_ms.get(k, {}).get("p50")) for k in ("preprocess", "encode", "decode",
@@ -45,7 +57,8 @@ def markdown_table(rows: list[BenchRow]) -> str:
                      f"{_fmt(r.latency_ms.get('total', {}).get('p90'))} | {stage['preprocess']} | "
                      f"{stage['encode']} | {stage['decode']} | {_fmt(r.decode_ms_per_token)} | "
                      f"{stage['postprocess']} | {r.throughput_fps:.1f} | {_ratio(ref('pytorch', r), r.p50)} | "
-                     f"{_ratio(ref('optimum-onnxruntime', r), r.p50)} | {_fmt(r.peak_rss_mib, '.0f')} | "
+                     f"{_ratio(ref('optimum-onnxruntime', r), r.p50)} | {per_token(r)} | "
+                     f"{_fmt(r.peak_rss_mib, '.0f')} | {rss_ratio(r)} | "
                      f"{_fmt(r.cold_start_s)} | {_fmt(r.size_mb)} | {r.note} |")
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from edgevlp.bundle import is_bundle, read_manifest
 from edgevlp.errors import EdgeVLPError, InputError
+from edgevlp.tasks import get_task
 
 __all__ = ["BenchRow", "run_bench", "DEFAULT_BACKENDS", "DEFAULT_PRECISIONS", "photo_frames", "DEFINITIONS"]
 
@@ -214,7 +215,7 @@ def _bundle_row(bundle: Path, backend: str, data: str, n: int, tokens: int, fram
     manifest = read_manifest(bundle)
     random = bool(manifest.source.get("random_weights"))
     model = load(bundle, backend=backend)
-    metric_name = "cider" if manifest.task == "caption" else "map50"
+    metric_name = get_task(manifest.task).metric
     metric = None
     if not random:
         from edgevlp.eval.evaluate import evaluate
@@ -323,7 +324,7 @@ def _reference_row(adapter: Any, model_dir: str, name: str, engine: str, note: s
     import torch
     from transformers import AutoImageProcessor
 
-    metric_name = "cider" if adapter.task == "caption" else "map50"
+    metric_name = get_task(adapter.task).metric
     metric = None
     if not random:
         from edgevlp.eval.evaluate import evaluate
@@ -388,6 +389,27 @@ def _random_note(target: str, tokens: int) -> str:
             f"exactly {tokens} new tokens (min_new_tokens)")
 
 
+def _reference_source(source: dict[str, Any]) -> Path | None:
+    """The FP32 model a bundle was exported from, for the reference rows: an ``arch:`` preset (also when
+    exported from an `edgevlp compress` output of one: the same seeded weights), the base model inside a
+    compressed directory, or the model directory itself; ``None`` when it is not on this machine."""
+    from edgevlp.models import resolve_model_dir
+
+    model = str(source.get("model", ""))
+    if source.get("preset"):
+        return resolve_model_dir(f"arch:{source['preset']}")
+    if model.startswith("arch:"):
+        return resolve_model_dir(model)
+    path = Path(model)
+    record = path / "compression.json"
+    if record.is_file():
+        try:
+            path = path / str(json.loads(record.read_text()).get("base_model", "model"))
+        except (OSError, ValueError):
+            return None
+    return path if (path / "config.json").is_file() else None
+
+
 def _is_random(model_dir: Path) -> bool:
     from edgevlp.models.presets import preset_record
     from edgevlp.models.registry import read_config
@@ -410,6 +432,7 @@ def run_bench(targets: list[str], *, data: str = "shapes:val", n: int = 50,
         raise InputError(f"frames={frames}, max_new_tokens={max_new_tokens}: both must be at least 1")
     rows: list[BenchRow] = []
     notes: list[str] = []
+    referenced: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="edgevlp-bench-") as tmp:
         for target in targets:
             if is_bundle(target):
@@ -419,14 +442,14 @@ def run_bench(targets: list[str], *, data: str = "shapes:val", n: int = 50,
                 from edgevlp.runtime.loader import choose_backend
 
                 engine = choose_backend(manifest).name
-                group = Path(target).name
-                rows.append(_bundle_row(Path(target), engine, data, n, max_new_tokens, clip, group, progress))
-                source = Path(str(manifest.source.get("model", "")))
-                if str(manifest.source.get("model", "")).startswith("arch:"):
-                    from edgevlp.models import resolve_model_dir
-
-                    source = resolve_model_dir(str(manifest.source["model"]))
-                if references and (source / "config.json").is_file():
+                source = _reference_source(manifest.source)
+                # bundles of one preset share its reference rows (measured once, on the same frames)
+                preset = manifest.source.get("preset")
+                group = f"arch:{preset}" if preset else Path(target).name
+                rows.append(_bundle_row(Path(target), engine, data, n, max_new_tokens, clip, Path(target).name,
+                                        progress, group))
+                if references and source is not None and group not in referenced:
+                    referenced.add(group)
                     refs, note = _reference_rows(str(source), data, n, max_new_tokens, clip, progress, group,
                                                  random)
                     rows += refs
@@ -454,8 +477,9 @@ def run_bench(targets: list[str], *, data: str = "shapes:val", n: int = 50,
                         clip = _frames(data, frames, int(manifest.preprocess["height"]), photos=random)
                     rows.append(_bundle_row(out, backend, data, n, max_new_tokens, clip, group, progress,
                                             group))
-            if references and clip is not None:
-                refs, note = _reference_rows(str(model_dir), data, n, max_new_tokens, clip, progress, group,
+            source = _reference_source({"model": str(model_dir)})
+            if references and clip is not None and source is not None:
+                refs, note = _reference_rows(str(source), data, n, max_new_tokens, clip, progress, group,
                                              random)
                 rows += refs
                 notes += [f"{target}: {note}"] if note else []

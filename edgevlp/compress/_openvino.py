@@ -82,7 +82,7 @@ class OpenVINOBackend:
             from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
             ranges = RangeEstimatorParametersSet.MINMAX if cfg.calibration.method == "minmax" \
-                else RangeEstimatorParametersSet.QUANTILE
+                else RangeEstimatorParametersSet.MEAN_QUANTILE  # quantile ranges (NNCF's percentile)
             preset = nncf.QuantizationPreset.PERFORMANCE if cfg.activations.symmetric \
                 else nncf.QuantizationPreset.MIXED
             model = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), preset=preset,
@@ -100,7 +100,11 @@ class OpenVINOBackend:
     def runner(self, path: Path | bytes, threads: int = 0) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
         import openvino as ov
 
-        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        # f32: without the hint, CPUs with bf16 units (AVX512_BF16, AMX) run the FP32 reference in bf16, and
+        # the scores would measure bf16 rounding (the runtime sets the same hint for FP32 and INT8 bundles)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
         compiled = ov.Core().compile_model(str(path), "CPU", config)
         request = compiled.create_infer_request()
 
