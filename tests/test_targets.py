@@ -65,7 +65,8 @@ def test_schema_enums_are_filled_from_the_table_not_typed_in_the_file() -> None:
     assert schema["properties"]["target"]["enum"] == list(TARGETS)
     assert schema["properties"]["precision"]["enum"] == list(PRECISIONS)
     graph = schema["properties"]["graphs"]["additionalProperties"]["properties"]
-    assert set(graph["format"]["enum"]) == {f for t in ROWS for f in t.formats} == {"onnx", "openvino", "tensorrt"}
+    formats = {f for t in ROWS for f in t.formats}
+    assert set(graph["format"]["enum"]) == formats == {"onnx", "openvino", "tensorrt"}
     raw = json.loads((Path(__file__).parents[1] / "edgevlp" / "bundle.schema.json").read_text())
     assert "enum" not in raw["properties"]["target"] and "enum" not in raw["properties"]["precision"]
 
@@ -90,13 +91,15 @@ def test_profile_of_another_device_is_refused() -> None:
 
 
 def test_profile_precision_overrides_the_default(tmp_path) -> None:
-    text = (profiles_dir() / "cpu.toml").read_text().replace('name = "cpu"', 'name = "cpu-int8"\nprecision = "int8"')
+    text = (profiles_dir() / "cpu.toml").read_text()
+    text = text.replace('name = "cpu"', 'name = "cpu-int8"\nprecision = "int8"')
     (tmp_path / "cpu-int8.toml").write_text(text)
     assert load_profile(tmp_path / "cpu-int8.toml").precision == "int8"
 
 
 def test_unknown_target_lists_the_table() -> None:
-    with pytest.raises(InputError, match="unknown target 'mars'; choose one of cpu, openvino, jetson, laptop-gpu"):
+    with pytest.raises(InputError, match="unknown target 'mars'; choose one of cpu, openvino, jetson, "
+                                         "laptop-gpu"):
         get_target("mars")
 
 
@@ -133,6 +136,7 @@ print(json.dumps([choices, TARGET_PREFERENCES["triton"], manifest_schema()["prop
 
 
 def test_targets_module_is_light() -> None:
-    code = "import sys, edgevlp.targets\nprint(sorted(m for m in ('numpy', 'torch', 'onnx') if m in sys.modules))"
+    code = ("import sys, edgevlp.targets\n"
+            "print(sorted(m for m in ('numpy', 'torch', 'onnx') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
