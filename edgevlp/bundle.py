@@ -14,9 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -28,14 +30,17 @@ from typing import Any
 
 from edgevlp._io import read_json_object
 from edgevlp.errors import BundleError
+from edgevlp.targets import PRECISIONS, TARGETS, graph_formats
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TensorSpec", "GraphSpec", "Manifest",
-           "read_manifest", "verify_files", "file_digest", "atomic_directory", "hash_files", "is_bundle",
-           "build_bundle", "write_manifest", "add_engines"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TENSORRT_ENGINE", "TensorSpec", "GraphSpec",
+           "Manifest", "read_manifest", "verify_files", "file_digest", "atomic_directory", "sibling_tempdir",
+           "hash_files", "is_bundle", "build_bundle", "write_manifest", "add_engines", "manifest_schema"]
 
 FORMAT = "edgevlp-bundle"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+#: Key of a TensorRT engine in ``GraphSpec.engines`` (written by the exporter and by ``add-engines``).
+TENSORRT_ENGINE = "tensorrt"
 TASKS = ("caption", "detect")
 DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8", "int8")
 
@@ -82,6 +87,10 @@ class GraphSpec:
         d = asdict(self)
         d["dynamic_axes"] = {k: {str(a): n for a, n in v.items()} for k, v in self.dynamic_axes.items()}
         return d
+
+    def with_engine(self, rel: str) -> "GraphSpec":
+        """This graph with the TensorRT engine ``rel`` (relative to the bundle) registered."""
+        return dataclasses.replace(self, engines={**dict(self.engines), TENSORRT_ENGINE: rel})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GraphSpec":
@@ -193,6 +202,22 @@ def verify_files(manifest: Manifest) -> None:
                                   "files; the bundle is inconsistent, re-export it")
 
 
+def manifest_schema() -> dict[str, Any]:
+    """The JSON schema of ``manifest.json`` (``bundle.schema.json``) with the target, precision and graph
+    format enums filled in from :data:`edgevlp.targets.TARGETS`, where they are declared.
+
+    Example:
+        >>> manifest_schema()["properties"]["target"]["enum"]
+        ['cpu', 'openvino', 'jetson', 'laptop-gpu']
+    """
+    schema = json.loads(Path(__file__).with_name("bundle.schema.json").read_text(encoding="utf-8"))
+    props = schema["properties"]
+    props["target"] = {"enum": list(TARGETS)}
+    props["precision"] = {"enum": list(PRECISIONS)}
+    props["graphs"]["additionalProperties"]["properties"]["format"] = {"enum": list(graph_formats())}
+    return schema
+
+
 def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> Manifest:
     """Read and validate a bundle's manifest; with ``verify`` also check every file's sha256."""
     root = Path(path)
@@ -215,12 +240,41 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     (root / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
+#: ``.NAME.tmp-PID-RANDOM``: a hidden build directory and the process that owns it.
+_TEMP_DIR = re.compile(r"^\..+\.tmp-(\d+)-[^-]+$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # no signal 0 there: never treat another build as dead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def sibling_tempdir(target: Path) -> Path:
+    """Create a hidden ``.NAME.tmp-PID-*`` build directory beside ``target`` (same file system, so it is
+    renamed into place in one step), first removing those that builds killed before they could clean up
+    (a SIGKILL runs no ``finally``) left in the same parent: the ones whose owning process is gone."""
+    parent = target.parent
+    for old in parent.glob(".*.tmp-*"):
+        match = _TEMP_DIR.match(old.name)
+        if match and old.is_dir() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=parent))
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike[str], *, force: bool = False) -> Iterator[Path]:
     """Yield a temp dir beside ``target``; on success it replaces ``target`` in one rename.
 
-    A non-empty ``target`` is refused unless ``force``. On any error (or a kill) the temp dir is
-    removed or left as a hidden ``.name.tmp-*`` sibling; ``target`` is never half written.
+    A non-empty ``target`` is refused unless ``force``. On any error the temp dir is removed; a killed
+    build leaves it as a hidden ``.name.tmp-PID-*`` sibling, removed by the next build into the same
+    parent (:func:`sibling_tempdir`); ``target`` is never half written.
     """
     target = Path(target).absolute()
     if target.exists() and not target.is_dir():
@@ -228,7 +282,7 @@ def atomic_directory(target: str | os.PathLike[str], *, force: bool = False) -> 
     if target.is_dir() and any(target.iterdir()) and not force:
         raise BundleError(f"output directory {target} is not empty; pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = sibling_tempdir(target)
     try:
         yield tmp
         old = None
@@ -265,11 +319,7 @@ def add_engines(root: str | os.PathLike[str], assignments: dict[str, str]) -> Ma
             raise BundleError(f"bundle has no graph {role!r} (graphs: {', '.join(manifest.graphs)})")
         if not (base / rel).is_file():
             raise BundleError(f"engine file {base / rel} does not exist; did trtexec fail?")
-        graph = manifest.graphs[role]
-        manifest.graphs[role] = GraphSpec(role=graph.role, file=graph.file, inputs=graph.inputs,
-                                          outputs=graph.outputs, format=graph.format,
-                                          extra_files=graph.extra_files,
-                                          engines={**dict(graph.engines), "tensorrt": rel})
+        manifest.graphs[role] = manifest.graphs[role].with_engine(rel)
     manifest.files = hash_files(base)
     tmp = base / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")

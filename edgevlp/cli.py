@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgevlp import __version__
+from edgevlp._process import EXIT_INTERNAL, EXIT_INTERRUPTED, terminate_cleanly
 from edgevlp.errors import EdgeVLPError
+from edgevlp.targets import PRECISIONS, TARGETS, host_targets
 
 __all__ = ["main", "build_parser"]
-
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -215,11 +214,11 @@ def _run_compress(args: argparse.Namespace) -> int:
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model dir, demo-zoo name, hub id or `edgevlp compress` output")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
-    p.add_argument("--target", required=True, choices=["cpu", "openvino", "jetson", "laptop-gpu"])
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+    p.add_argument("--target", required=True, choices=list(TARGETS))
+    defaults = ", ".join(f"{t.precision} for {t.name}" for t in TARGETS.values())
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="default: an `edgevlp compress` output's own (int8 when it holds INT8 graphs; "
-                        "another value is an error), else the profile's (fp32 for cpu/openvino, fp16 for "
-                        "jetson/laptop-gpu)")
+                        f"another value is an error), else the profile's (the target's: {defaults})")
     p.add_argument("--profile", help="target profile TOML (export/targets/NAME.toml)")
     p.add_argument("--opset", type=int, help="ONNX opset")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
@@ -245,8 +244,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="shapes:val", help="evaluation data (shapes:val, shapes:heldout, coco:PATH)")
     p.add_argument("--n", type=int, default=50, help="images for the metric (default 50)")
     p.add_argument("--frames", type=int, default=20, help="frames for the latency figures (default 20)")
-    p.add_argument("--backends", default="onnxruntime,openvino", help="comma-separated: onnxruntime,openvino")
-    p.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32,fp16,int8")
+    p.add_argument("--backends", default="onnxruntime,openvino",
+                   help=f"comma-separated: {','.join(host_targets())}")
+    p.add_argument("--precisions", default="fp32,int8", help=f"comma-separated: {','.join(PRECISIONS)}")
     p.add_argument("--max-new-tokens", type=int, default=20, help="caption token budget (all rows)")
     p.add_argument("--no-references", action="store_true",
                    help="skip the reference rows (transformers eager; optimum ORTModel for VisionEncoderDecoder)")
@@ -273,7 +273,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                          precisions=tuple(p for p in args.precisions.split(",") if p),
                          max_new_tokens=args.max_new_tokens, output=args.output,
                          references=not args.no_references)
-        from edgevlp.bench.runner import DEFINITIONS
+        from edgevlp.bench.rows import DEFINITIONS
 
         print(markdown_table(rows))
         print(f"\n{DEFINITIONS}")
@@ -400,7 +400,8 @@ def _zoo_list(args: argparse.Namespace) -> int:
                 shown[-1] += f" (held-out pairs map50 {vals['heldout_pairs']['map50']:.3f})"
         lines.append(f"{m.name:<13} {m.family:<7} {m.parameters / 1e6:>6.2f}M {m.size_bytes / 1e6:>6.1f}MB  "
                      + ("; ".join(shown) or "-"))
-    lines.append("use one with --model NAME (e.g. edgevlp info demo-blip); model cards: edgevlp/zoo/NAME/README.md")
+    lines.append("pass a NAME where a verb takes a model (e.g. edgevlp info demo-blip); model cards: "
+                 "edgevlp/zoo/NAME/README.md")
     print("\n".join(lines))
     return 0
 
@@ -466,19 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate_cleanly() -> None:
-    """SIGTERM unwinds like Ctrl-C, so context managers remove temp dirs and flush outputs."""
-    import signal
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. called from a test runner thread)
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgevlp`` command; returns the exit code."""
     parser = build_parser()
@@ -486,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help(sys.stderr)
         return 2
-    _terminate_cleanly()
+    terminate_cleanly()
     try:
         return int(args.run(args) or 0)
     except EdgeVLPError as err:

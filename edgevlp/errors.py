@@ -23,6 +23,7 @@ __all__ = [
     "RecipeError",
     "ExportError",
     "BackendUnavailableError",
+    "DependencyError",
     "SourceError",
     "NotAvailableYet",
 ]
@@ -60,6 +61,10 @@ class ExportError(EdgeVLPError):
 
 class BackendUnavailableError(EdgeVLPError):
     """An inference backend (onnxruntime, OpenVINO, TensorRT) was asked for but cannot be imported."""
+
+
+class DependencyError(EdgeVLPError):
+    """An optional package a feature needs is not installed; the message names the extra to install."""
 
 
 class SourceError(EdgeVLPError):

@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from edgevlp._process import EXIT_INTERNAL, EXIT_INTERRUPTED, terminate_cleanly
 from edgevlp.errors import EdgeVLPError, InputError
 
 __all__ = ["run_command", "script_main"]
@@ -81,9 +82,7 @@ def script_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = No
     if bundles is not None:
         args.bundles = bundles(args)
     prog = parser.prog
-    from edgevlp.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, _terminate_cleanly
-
-    _terminate_cleanly()
+    terminate_cleanly()
     try:
         return run_command(args, expect_task=expect_task, prog=prog)
     except EdgeVLPError as err:

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from edgevlp.bench.runner import BenchRow, run_bench
+from edgevlp.bench.rows import BenchRow
+from edgevlp.bench.runner import run_bench
 
 __all__ = ["BenchRow", "run_bench"]

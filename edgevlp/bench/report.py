@@ -8,7 +8,7 @@ import platform
 from dataclasses import asdict
 from pathlib import Path
 
-from edgevlp.bench.runner import DEFINITIONS, BenchRow
+from edgevlp.bench.rows import DEFINITIONS, BenchRow
 
 __all__ = ["markdown_table", "write_report", "pareto_front"]
 

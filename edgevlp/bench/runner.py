@@ -24,22 +24,24 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from edgevlp.bench.rows import DEFINITIONS, BenchRow
 from edgevlp.bundle import is_bundle, read_manifest
 from edgevlp.errors import EdgeVLPError, InputError
+from edgevlp.targets import host_targets
 from edgevlp.tasks import get_task
 
 __all__ = ["BenchRow", "run_bench", "DEFAULT_BACKENDS", "DEFAULT_PRECISIONS", "photo_frames", "DEFINITIONS"]
 
 DEFAULT_BACKENDS = ("onnxruntime", "openvino")
 DEFAULT_PRECISIONS = ("fp32", "int8")
-#: backend -> export target producing its files
-_TARGET = {"onnxruntime": "cpu", "openvino": "openvino"}
+#: backend -> export target producing its files (the CPU targets of edgevlp.targets)
+_TARGET = host_targets()
 STAGES = ("preprocess", "encode", "decode", "postprocess")
 #: real photos bundled with scikit-image: the frames of random-weights models (shapes mean nothing to them)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
@@ -47,40 +49,6 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "h
 #: prompts of detectors on photos; on shapes data the split's phrases are used
 PHOTO_PROMPTS = ("a photo of a cat", "a photo of a person", "a photo of a cup of coffee")
 SHAPE_PROMPTS = ("red circle", "blue square", "green triangle", "yellow star")
-DEFINITIONS = (
-    "ms/image: p50 of one end-to-end call per frame (BGR frame -> caption text / post-processed boxes); "
-    "encode: p50 of the vision part; decode ms/token: p50 over frames of (t_k - t_1) / (k - 1), t_k the "
-    "call generating k tokens, t_1 the same call with max_new_tokens=1 (random weights: k = "
-    "max_new_tokens exactly, min_new_tokens = max_new_tokens on every engine; trained models: k as "
-    "generated); peak RSS: VmHWM of a fresh "
-    "process that imports, loads and runs once; size: model files (bundle without its JSON, or safetensors)"
-)
-
-
-@dataclass
-class BenchRow:
-    """One measured configuration; ``model`` groups a model's rows with its references."""
-
-    name: str
-    task: str
-    engine: str
-    precision: str
-    metric_name: str
-    metric: float | None
-    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> {p50, p90}
-    throughput_fps: float = 0.0
-    peak_rss_mib: float | None = None
-    cold_start_s: float | None = None
-    size_mb: float | None = None
-    note: str = ""
-    model: str = ""
-    decode_ms_per_token: float | None = None
-    tokens: int | None = None  # p50 of the new tokens per caption
-    random_weights: bool = False
-
-    @property
-    def p50(self) -> float:
-        return self.latency_ms.get("total", {}).get("p50", float("nan"))
 
 
 def _percentiles(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:

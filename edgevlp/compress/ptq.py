@@ -22,6 +22,7 @@ attention masks), stay FP32.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import shutil
 import time
@@ -97,11 +98,20 @@ def _feeds(state: CompressState, graphs: dict[str, Path], frames: list[Frame], l
 
 
 def apply(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
-    """Quantise every graph of ``state.adapter`` as ``cfg`` says; returns the stage's report."""
-    if cfg.method == "qat":
-        from edgevlp.compress.qat import apply as qat
+    """Quantise every graph of ``state.adapter`` as ``cfg`` says; returns the stage's report.
 
-        return qat(state, cfg)
+    ``method = "qat"`` trains with fake quantisation first (:func:`edgevlp.compress.qat.train`), then
+    quantises the trained weights by the ``ptq_static`` path."""
+    if cfg.method == "qat":
+        from edgevlp.compress.qat import train
+
+        trained = train(state, cfg)
+        report = _quantize(state, dataclasses.replace(cfg, method="ptq_static", train=None))
+        return {**report, "method": "qat", "qat": trained}
+    return _quantize(state, cfg)
+
+
+def _quantize(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
     if cfg.fallback is not None and cfg.fallback.min_cosine is None:
         raise NotAvailableYet("a fallback on max_metric_drop alone is not available yet (task-metric "
                               "fallback lands with issue #8); set fallback.min_cosine")

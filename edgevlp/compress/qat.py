@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ from edgevlp.compress.signals import load_batches, run_task
 from edgevlp.compress.state import CompressState
 from edgevlp.errors import InputError
 
-__all__ = ["apply", "attach_fake_quant", "detach_fake_quant"]
+__all__ = ["train", "attach_fake_quant", "detach_fake_quant"]
 
 EMA = 0.01
 
@@ -110,9 +109,12 @@ def detach_fake_quant(layers: list[tuple[str, nn.Module]], handles: list[Any]) -
         handle.remove()
 
 
-def apply(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
-    """QAT of ``state.adapter`` distilled from ``state.teacher``, then QDQ graphs via ``ptq_static``."""
-    from edgevlp.compress import distill, ptq
+def train(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
+    """QAT of ``state.adapter`` distilled from ``state.teacher``; returns the report's ``qat`` part.
+
+    The quant stage (:func:`edgevlp.compress.ptq.apply`) then writes the QDQ graphs of the trained
+    weights by the ``ptq_static`` path."""
+    from edgevlp.compress import distill
 
     assert cfg.train is not None
     if cfg.backend != "onnxruntime":
@@ -137,8 +139,6 @@ def apply(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
     finally:
         detach_fake_quant(layers, handles)
     state.model_changed()
-    ptq_cfg = dataclasses.replace(cfg, method="ptq_static", train=None)
-    report = ptq.apply(state, ptq_cfg)
-    return {**report, "method": "qat", "qat": {"fake_quant_layers": len(layers), "training": trained,
-                                               "export": "trained FP32 weights -> static QDQ (ptq_static path)"}}
+    return {"fake_quant_layers": len(layers), "training": trained,
+            "export": "trained FP32 weights -> static QDQ (ptq_static path)"}
 

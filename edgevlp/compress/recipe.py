@@ -40,13 +40,13 @@ import dataclasses
 import math
 import os
 import re
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgevlp._toml import tomllib
 from edgevlp.errors import RecipeError
 
 __all__ = ["RECIPE_VERSION", "AUTO_SCHEMES", "PruneConfig", "DistillConfig", "CalibrationConfig", "QuantScheme",

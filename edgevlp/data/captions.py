@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from edgevlp.data.objects import ShapeObject
 from edgevlp.data.vocab import COLOURS, SHAPES, SIZES
-
-if TYPE_CHECKING:  # pragma: no cover
-    from edgevlp.data.shapes import ShapeObject
 
 __all__ = [
     "CAPTION_VOCAB",

@@ -27,9 +27,10 @@ import cv2
 import numpy as np
 
 from edgevlp.data.captions import make_captions
+from edgevlp.data.objects import ShapeObject
 from edgevlp.data.vocab import (COLOUR_JITTER, COLOURS, HELDOUT_PAIRS, MIN_VISIBLE_FRACTION, SHAPES,
                                 SIZES, SPLITS)
-from edgevlp.errors import InputError
+from edgevlp.errors import DependencyError, InputError
 
 __all__ = ["ShapeObject", "Scene", "DataSpec", "generate_scene", "dataset", "parse_data_spec",
            "contact_sheet"]
@@ -45,24 +46,6 @@ _HELDOUT_SORTED = tuple(sorted(HELDOUT_PAIRS))
 #: Largest rotation in degrees per shape (360: any), so squares never read as diamonds.
 _MAX_ROTATION = {"circle": 0, "square": 20, "triangle": 360, "star": 360, "hexagon": 360,
                  "cross": 20, "diamond": 15}
-
-
-@dataclass(frozen=True)
-class ShapeObject:
-    """One drawn shape. ``box_xyxy`` is the tight box of its *visible* pixels, in pixel-edge
-    coordinates (``0 <= x0 < x1 <= width``); ``visible_fraction`` is the share of its pixels not
-    covered by objects drawn after it."""
-
-    shape: str
-    colour: str
-    size_name: str
-    box_xyxy: tuple[float, float, float, float]
-    visible_fraction: float
-
-    @property
-    def phrase(self) -> str:
-        """The detection prompt for this object, e.g. ``"red circle"``."""
-        return f"{self.colour} {self.shape}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,8 +119,13 @@ def _rasterise(pts: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, 
 @functools.lru_cache(maxsize=1)
 def _photos() -> tuple[np.ndarray, ...]:
     """Bundled real photos, short side 256, desaturated and squeezed to mid-tones (float32 RGB)."""
-    from skimage import data as skdata
-    from sklearn.datasets import load_sample_image
+    try:
+        from skimage import data as skdata
+        from sklearn.datasets import load_sample_image
+    except ImportError as err:
+        raise DependencyError(f"the shapes: dataset draws backgrounds from the sample photos of scikit-image "
+                              f"and scikit-learn, and {err.name or err} does not import here; pip install "
+                              "'edgevlp[data]' (the compress and eval extras include it)") from None
 
     images = [getattr(skdata, name)() for name in
               ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera", "coins",

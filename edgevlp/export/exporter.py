@@ -18,11 +18,12 @@ from edgevlp.export.context import ExportContext
 from edgevlp.export.graphs import GraphExport
 from edgevlp.export.onnx_export import DEFAULT_OPSET, export_graph
 from edgevlp.export.parity import check_parity, parity_photos, parity_pixels
-from edgevlp.export.profiles import PRECISIONS, TARGETS, check_profile_target, load_profile
+from edgevlp.export.profiles import check_profile_target, load_profile
 from edgevlp.export.progress import Progress
 from edgevlp.models import load_model
 from edgevlp.models.base import ModelAdapter
 from edgevlp.models.presets import RANDOM_WEIGHTS_NOTE, preset_record
+from edgevlp.targets import PRECISIONS, TARGETS, get_target
 from edgevlp.tasks import get_task
 
 if TYPE_CHECKING:
@@ -30,13 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["export_model", "WRITERS", "COMPRESSION_FILE"]
 
-#: target -> "module:function" writing that target's files from the traced ONNX graphs.
-WRITERS: dict[str, str] = {
-    "cpu": "edgevlp.export.onnx_target:write",
-    "openvino": "edgevlp.export.openvino_target:write",
-    "jetson": "edgevlp.export.tensorrt_target:write",
-    "laptop-gpu": "edgevlp.export.tensorrt_target:write",
-}
+#: target -> "module:function" writing that target's files from the traced ONNX graphs (edgevlp.targets).
+WRITERS: dict[str, str] = {name: t.writer for name, t in TARGETS.items()}
 #: Written by `edgevlp compress` beside its output (:mod:`edgevlp.compress.record`): precision, parity
 #: tolerance, the quantised graphs by role, the recipe.
 COMPRESSION_FILE = "compression.json"
@@ -107,14 +103,13 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
         >>> manifest.parity["greedy_tokens_identical"]                              # doctest: +SKIP
         True
     """
-    if target not in TARGETS:
-        raise InputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    row = get_target(target)
     if precision is not None and precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     out = Path(output)
     if out.is_dir() and any(out.iterdir()) and not force:
         raise BundleError(f"output directory {out} is not empty; pass --force to replace it")
-    prof = load_profile(profile or TARGETS[target])
+    prof = load_profile(profile or row.profile)
     check_profile_target(prof, target)
     opset = opset or DEFAULT_OPSET
     if not 14 <= opset <= 21:

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from edgevlp._toml import tomllib
 from edgevlp.bundle import GraphSpec
 from edgevlp.errors import InputError
+from edgevlp.targets import PRECISIONS, default_precision, devices, get_target
 
-__all__ = ["TARGETS", "PRECISIONS", "TargetProfile", "load_profile", "profiles_dir"]
+__all__ = ["PRECISIONS", "TargetProfile", "load_profile", "profiles_dir", "check_profile_target"]
 
-#: target -> default profile name
-TARGETS: dict[str, str] = {"cpu": "cpu", "openvino": "cpu", "jetson": "jetson-orin-nano",
-                           "laptop-gpu": "laptop-gpu"}
-PRECISIONS = ("fp32", "fp16", "int8")
-_PROFILE_TARGETS = {"cpu": ("cpu", "openvino"), "jetson": ("jetson",), "laptop-gpu": ("laptop-gpu",)}
 _KEYS = {"name", "target", "description", "precision", "image_size", "static_batch", "workspace_mib",
          "dla_core", "jetpack", "tensorrt", "cuda", "openvino_device", "shapes", "generation",
          "tolerance"}
@@ -114,12 +105,12 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> TargetProfile:
         for required in ("batch", "sequence", "past_sequence", "num_queries"):
             if required not in shapes:
                 raise InputError(f"profile {path} needs shapes.{required} = [min, opt, max]")
-        precision = data.get("precision", "fp32")
+        target = data.get("target")
+        if target not in devices():
+            raise InputError(f"profile {path}: target {target!r} is not one of {sorted(devices())}")
+        precision = data.get("precision", default_precision(target))
         if precision not in PRECISIONS:
             raise InputError(f"profile {path}: precision {precision!r} is not one of {PRECISIONS}")
-        target = data.get("target")
-        if target not in _PROFILE_TARGETS:
-            raise InputError(f"profile {path}: target {target!r} is not one of {sorted(_PROFILE_TARGETS)}")
         if data.get("image_size", "model") != "model":
             raise InputError(f"profile {path}: image_size must be \"model\" (ViT position embeddings "
                              "fix the input size; re-train or fine-tune for another size)")
@@ -140,6 +131,8 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> TargetProfile:
 
 
 def check_profile_target(profile: TargetProfile, target: str) -> None:
-    if target not in _PROFILE_TARGETS[profile.target]:
+    """Raise :class:`InputError` unless ``profile`` describes the device class of ``target``."""
+    row = get_target(target)
+    if profile.target != row.device:
         raise InputError(f"profile {profile.name} is written for target {profile.target!r}, not "
-                         f"{target!r}; pick a profile for {target} (e.g. {TARGETS[target]})")
+                         f"{target!r}; pick a profile for {target} (e.g. {row.profile})")

@@ -198,5 +198,6 @@ def _build_in_process(ctx: ExportContext, static: dict[str, int]) -> bool:
             raise ExportError(f"TensorRT failed to build an engine for {graph.file}")
         engine = f"engines/{Path(graph.file).stem}.plan"
         (ctx.root / engine).write_bytes(bytes(data))
-        ctx.replace_graph(graph, dataclasses.replace(graph, engines={f"tensorrt-{trt.__version__}": engine}))
+        ctx.replace_graph(graph, graph.with_engine(engine))
+    ctx.notes["engines_tensorrt_version"] = str(trt.__version__)  # engines load only on this version
     return True

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgevlp._lazy import import_object
+from edgevlp.bundle import sibling_tempdir
 from edgevlp.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ TOKENIZERS: dict[str, str] = {
     "gpt2": "edgevlp.models._tokenizers:gpt2_tokenizer",
     "clip": "edgevlp.models._tokenizers:clip_tokenizer",
 }
-_STALE_TMP_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -278,8 +277,7 @@ def materialize(name: str, *, progress: bool = True) -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = sibling_tempdir(target)  # also removes the temp dirs of killed builds
     try:
         build(preset, tmp, progress=progress)
         try:
@@ -293,24 +291,13 @@ def materialize(name: str, *, progress: bool = True) -> Path:
     return target
 
 
-def _remove_stale(parent: Path) -> None:
-    """Delete temp directories of builds that were killed (older than an hour)."""
-    now = time.time()
-    for old in parent.glob(".*.tmp-*"):
-        try:
-            if now - old.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def build_model(preset: Preset, device: str = "cpu") -> "torch.nn.Module":
     """The preset's ``transformers`` model with uninitialised weights (``device="meta"``: no memory)."""
     import torch
     from transformers import AutoConfig
     from transformers.modeling_utils import no_init_weights
 
-    from edgevlp.models.registry import adapter_class
+    from edgevlp.models.adapters import adapter_class
 
     config = AutoConfig.for_model(**json.loads(json.dumps(preset.config)))
     config.architectures = [preset.architecture]

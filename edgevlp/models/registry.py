@@ -1,7 +1,7 @@
-"""Adapter table and model resolution: torch-free, so bad input fails fast and cheaply.
+"""Model resolution: torch-free, so bad input fails fast and cheaply.
 
-An adapter is registered by the checkpoint's ``architectures[0]``; the table maps it to
-``module:Class`` and the module is imported only when that family is loaded.
+A model argument (``arch:NAME`` preset, path, demo-zoo name, hub id) becomes a local directory; its
+``config.json``'s ``architectures[0]`` picks the adapter (:mod:`edgevlp.models.adapters`).
 """
 
 from __future__ import annotations
@@ -9,51 +9,19 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgevlp._io import read_json_object
-from edgevlp._lazy import import_object
-from edgevlp.errors import ModelLoadError, UnsupportedModelError
-
-if TYPE_CHECKING:
-    from edgevlp.models.base import ModelAdapter
+from edgevlp.errors import ModelLoadError
+from edgevlp.models.adapters import ADAPTERS, adapter_class, known_architectures
 
 __all__ = ["ADAPTERS", "known_architectures", "adapter_class", "resolve_model_dir", "read_config",
            "ZOO_DIR"]
-
-#: architectures[0] -> "module:Class". A new family is one file plus one row here.
-ADAPTERS: dict[str, str] = {
-    "BlipForConditionalGeneration": "edgevlp.models.blip:BlipAdapter",
-    "VisionEncoderDecoderModel": "edgevlp.models.vision_encoder_decoder:VisionEncoderDecoderAdapter",
-    "OwlViTForObjectDetection": "edgevlp.models.owlvit:OwlViTAdapter",
-    "Owlv2ForObjectDetection": "edgevlp.models.owlvit:Owlv2Adapter",
-}
 
 #: Shipped demo models live here, one folder per name (``edgevlp/zoo/demo-blip``).
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def known_architectures() -> list[str]:
-    """Architectures that have an adapter, sorted."""
-    return sorted(ADAPTERS)
-
-
-def adapter_class(architecture: str) -> type["ModelAdapter"]:
-    """The adapter class for ``architecture``.
-
-    Example:
-        >>> adapter_class("BlipForConditionalGeneration").family
-        'blip'
-    """
-    target = ADAPTERS.get(architecture)
-    if target is None:
-        raise UnsupportedModelError(
-            f"architecture {architecture!r} is not supported; known architectures: "
-            f"{', '.join(known_architectures())}"
-        )
-    return import_object(target)
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -109,7 +77,8 @@ def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
 
 def _from_hub(repo_id: str) -> Path:
     hint = (f"download it where there is network (`huggingface-cli download {repo_id} --local-dir DIR`) "
-            f"and pass --model /path/to/dir")
+            f"and pass DIR in its place (every verb takes the model as its first argument, e.g. "
+            f"`edgevlp info DIR`)")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:

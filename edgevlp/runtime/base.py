@@ -5,10 +5,25 @@ from __future__ import annotations
 import numpy as np
 
 from edgevlp.bundle import Manifest
+from edgevlp.errors import InputError
 from edgevlp.runtime.tokenizer import BundleTokenizer
 from edgevlp.spec import PreprocessSpec
 
-__all__ = ["BundleModel"]
+__all__ = ["BundleModel", "check_frame"]
+
+
+def check_frame(frame: object, call: str) -> None:
+    """Raise :class:`InputError` unless ``frame`` is a numpy array (its dtype and shape are checked by
+    the preprocessing, with their own fixes); ``call`` names the method in the message.
+
+    Example:
+        >>> check_frame(np.zeros((2, 2, 3), np.uint8), "caption()")  # fine: returns None
+    """
+    if not isinstance(frame, np.ndarray):
+        got = "None (cv2.imread returns None for a file it cannot read)" if frame is None else \
+            type(frame).__name__
+        raise InputError(f"{call} takes one BGR uint8 frame, a numpy array of shape (H, W, 3) as cv2.imread "
+                         f"or VideoCapture.read give it; got {got}")
 
 
 class BundleModel:

@@ -16,7 +16,7 @@ from edgevlp.runtime.generation import (CachedDecoder, beam_search, check_genera
                                         generation_defaults, greedy)
 from edgevlp.runtime.results import Caption
 from edgevlp.runtime.tokenizer import BundleTokenizer
-from edgevlp.runtime.base import BundleModel
+from edgevlp.runtime.base import BundleModel, check_frame
 
 __all__ = ["Captioner"]
 
@@ -116,6 +116,7 @@ class Captioner(BundleModel):
         Example:
             >>> captioner.caption(frame_bgr, num_beams=3, repetition_penalty=1.3).text   # doctest: +SKIP
         """
+        check_frame(frame, "caption()")
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         pixels = self.preprocess(frame)

@@ -12,7 +12,7 @@ from edgevlp.errors import BundleError, InputError
 from edgevlp.runtime.backends import GraphSession
 from edgevlp.runtime.results import Detections
 from edgevlp.runtime.tokenizer import BundleTokenizer
-from edgevlp.runtime.base import BundleModel
+from edgevlp.runtime.base import BundleModel, check_frame
 
 __all__ = ["Detector", "class_logits", "boxes_to_xyxy", "CLASS_HEADS", "BOX_FORMATS", "nms"]
 
@@ -140,6 +140,7 @@ class Detector(BundleModel):
 
     def detect(self, frame: np.ndarray, threshold: float = 0.1, nms_iou: float = 0.3) -> Detections:
         """Detect the current prompts in a BGR uint8 frame; boxes in frame pixels."""
+        check_frame(frame, "detect()")
         from edgevlp.runtime.preprocess import preprocess
 
         q = self._require_prompts()

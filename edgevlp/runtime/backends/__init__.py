@@ -22,6 +22,7 @@ import numpy as np
 from edgevlp._lazy import import_object
 from edgevlp.bundle import GraphSpec
 from edgevlp.errors import BackendUnavailableError
+from edgevlp.targets import TARGETS
 
 __all__ = ["BACKENDS", "Backend", "GraphSession", "get_backend", "available_backends",
            "TARGET_PREFERENCES"]
@@ -33,13 +34,8 @@ BACKENDS: dict[str, str] = {
     "tensorrt": "edgevlp.runtime.backends.tensorrt:TensorRTBackend",
 }
 
-#: For a bundle's target: which backends to try, in order, when none is named.
-TARGET_PREFERENCES: dict[str, tuple[str, ...]] = {
-    "cpu": ("onnxruntime",),
-    "openvino": ("openvino",),
-    "jetson": ("tensorrt", "onnxruntime"),
-    "laptop-gpu": ("tensorrt", "onnxruntime"),
-}
+#: For a bundle's target: which backends to try, in order, when none is named (edgevlp.targets).
+TARGET_PREFERENCES: dict[str, tuple[str, ...]] = {name: t.backends for name, t in TARGETS.items()}
 
 #: Graph file format each backend reads.
 FORMATS: dict[str, tuple[str, ...]] = {
