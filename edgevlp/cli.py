@@ -207,7 +207,8 @@ def _run_compress(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if not args.json:
         print(f"wrote {out} (report.json, compression.json); next: edgevlp export {out} -o BUNDLE "
-              "--target cpu (the precision and parity tolerance come from compression.json)")
+              f"--target {report['export_target']} (the precision and parity tolerance come from "
+              "compression.json)")
     return 0
 
 
@@ -323,16 +324,13 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _format_eval(r: dict[str, Any]) -> str:
-    if r["task"] == "caption":
-        rows = [("BLEU-4", r["bleu4"]), ("CIDEr", r["cider"]), ("BLEU-1", r["bleu1"])]
-        recalls = {"colour_recall": "colour recall", "shape_recall": "shape recall",
-                   "pair_recall": "colour+shape recall"}
-        rows += [(label, r[key]) for key, label in recalls.items() if key in r]
-    else:
-        rows = [("mAP@[.5:.95]", r["map"]), ("mAP@.5", r["map50"]), ("mAP@.75", r["map75"])]
-        if "heldout_pairs" in r:
-            h = r["heldout_pairs"]
-            rows += [("held-out pairs mAP@[.5:.95]", h["map"]), ("held-out pairs mAP@.5", h["map50"])]
+    from edgevlp.tasks import get_task
+
+    labels = get_task(r["task"]).metric_labels
+    rows = [(label, r[key]) for key, label in labels if key in r]
+    if "heldout_pairs" in r:  # the first two metrics on the held-out colour-shape pairs only
+        h = r["heldout_pairs"]
+        rows += [(f"held-out pairs {label}", h[key]) for key, label in labels[:2] if key in h]
     width = max(len(name) for name, _ in rows)
     lines = [f"{r['model']} ({r['kind']}, {r['task']}) on {r['data']}: {r['n_images']} images, "
              f"{r['seconds']:.0f} s", f"  {'metric':<{width}}  value", f"  {'-' * width}  -----"]

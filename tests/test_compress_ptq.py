@@ -275,3 +275,20 @@ def test_derived_candidate_equals_requantised(exported, tmp_path) -> None:
         for x, y in zip(a(feed), b(feed)):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
     assert len(onnx.load_from_string(derived).graph.node) == len(onnx.load(str(full)).graph.node)
+
+
+def test_a_graph_the_fallback_keeps_all_fp32_is_not_called_int8(tmp_path) -> None:
+    """A tolerance no INT8 layer meets (min_cosine 1.0): the fallback keeps every layer in FP32, and the
+    graph is reported and recorded as FP32 (no INT8 file, not in compression.json), not as INT8."""
+    from edgevlp.compress.pipeline import compress_model
+    from edgevlp.models import tiny_adapter
+
+    adapter = tiny_adapter("BlipForConditionalGeneration")
+    recipe = Recipe(name="t", stages=(QuantConfig(calibration=CalibrationConfig(size=4),
+                                                  fallback=FallbackConfig(min_cosine=1.0, max_layers=1000),
+                                                  include=("vision_encoder",)),))
+    report = compress_model(adapter, recipe, tmp_path / "o", progress=False)
+    graph = report["stages"][0]["graphs"]["vision_encoder"]
+    assert graph["quantized"] is False and "kept every layer in FP32" in graph["reason"], graph
+    record = json.loads((tmp_path / "o" / "compression.json").read_text())
+    assert "vision_encoder" not in record["graphs"] and not list((tmp_path / "o").glob("vision_encoder*"))

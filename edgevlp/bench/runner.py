@@ -24,9 +24,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -96,26 +96,25 @@ t = time.perf_counter()
 import edgevlp.runtime as rt
 m = rt.load(sys.argv[1], backend=sys.argv[2])
 frame = np.zeros((480, 640, 3), np.uint8)
-if m.manifest.task == "caption":
-    m.caption(frame, max_new_tokens=int(sys.argv[3]))
-else:
-    m.set_prompts(["red circle"]); m.detect(frame)
+from edgevlp.tasks import get_task
+get_task(m.manifest.task).bench_call(m, ["red circle"], False)(frame, int(sys.argv[3]))
 """ + _RSS + """print(json.dumps({"seconds": time.perf_counter() - t, "rss_kib": int(hwm)}))
 """
 _COLD_TRANSFORMERS = """
 import sys, time, json
+import numpy as np
 t = time.perf_counter()
 import torch
 from edgevlp.models import load_model
 a = load_model(sys.argv[1])
 h, w = a.preprocess_spec().input_shape[2:]
 pixels = torch.zeros(1, 3, h, w)
+from transformers import AutoImageProcessor
+from edgevlp.tasks import get_task
+processor = AutoImageProcessor.from_pretrained(sys.argv[1], use_fast=False)
 with torch.no_grad():
-    if a.task == "caption":
-        n = int(sys.argv[2])
-        a.generate(pixels, max_new_tokens=n, min_new_tokens=n)
-    else:
-        a.forward(pixels, prompts=["red circle"])
+    call = get_task(a.task).reference_call(a, processor, ["red circle"], True)
+    call(pixels, np.zeros((h, w, 3), np.uint8), int(sys.argv[2]))
 """ + _RSS + """print(json.dumps({"seconds": time.perf_counter() - t, "rss_kib": int(hwm)}))
 """
 
@@ -137,42 +136,29 @@ def _cold_start(bundle: Path, backend: str, tokens: int) -> tuple[float | None, 
 
 
 # ----------------------------------------------------------------------------------------- runtime
-def _caption_call(model: Any, exact: bool) -> Callable[[np.ndarray, int], Any]:
-    """``call(frame, n)``: caption with ``n`` new tokens; with ``exact``, eos is suppressed until then
-    (``min_new_tokens = n``, as transformers does), so every call generates exactly ``n``."""
-    if exact:
-        return lambda frame, n: model.caption(frame, max_new_tokens=n, min_new_tokens=n)
-    return lambda frame, n: model.caption(frame, max_new_tokens=n)
-
-
 def _time_runtime(model: Any, frames: list[np.ndarray], tokens: int, phrases: list[str],
                   exact: bool = False) -> tuple[dict[str, list[float]], float | None, int | None]:
-    """Stage samples (ms), decode ms per token and p50 tokens of the runtime on ``frames``."""
+    """Stage samples (ms), decode ms per token and p50 tokens (where the task generates) of the runtime
+    on ``frames``."""
+    task = get_task(model.manifest.task)
     samples: dict[str, list[float]] = {k: [] for k in (*STAGES, "total")}
-    if model.manifest.task == "detect":
-        model.set_prompts(phrases)  # once: the runtime caches the prompt embeddings
-        model.detect(frames[0], threshold=0.1)  # warm-up
-        for frame in frames:
-            t0 = time.perf_counter()
-            result = model.detect(frame, threshold=0.1)
-            samples["total"].append((time.perf_counter() - t0) * 1e3)
-            for k, v in result.timings.items():
-                samples.setdefault(k, []).append(v)
-        return samples, None, None
-    call = _caption_call(model, exact)
+    call = task.bench_call(model, phrases, exact)
     call(frames[0], tokens)  # warm-up
     t_k, t_1, counts = [], [], []
     for frame in frames:
         t0 = time.perf_counter()
         result = call(frame, tokens)
         t_k.append((time.perf_counter() - t0) * 1e3)
-        counts.append(len(result.token_ids))
         for k, v in result.timings.items():
             samples.setdefault(k, []).append(v)
-        t0 = time.perf_counter()
-        call(frame, 1)
-        t_1.append((time.perf_counter() - t0) * 1e3)
+        if task.generates:
+            counts.append(len(result.token_ids))
+            t0 = time.perf_counter()
+            call(frame, 1)
+            t_1.append((time.perf_counter() - t0) * 1e3)
     samples["total"] = t_k
+    if not task.generates:
+        return samples, None, None
     return samples, _per_token(t_k, t_1, counts), int(np.median(counts))
 
 
@@ -266,8 +252,7 @@ def _reference_rows(model_dir: str, data: str, n: int, tokens: int, frames: list
     from edgevlp.models import load_model
 
     adapter = load_model(model_dir)
-    eager = "HF processor + generate" if adapter.task == "caption" else \
-        "HF processor + model + post_process_object_detection, prompts tokenised per frame"
+    eager = get_task(adapter.task).reference_note
     rows = [_reference_row(adapter, model_dir, "transformers eager", "pytorch", eager, data, n, tokens, frames,
                            progress, group, random)]
     cold, rss = _fresh_process(_COLD_TRANSFORMERS, str(model_dir), str(tokens))
@@ -300,7 +285,9 @@ def _reference_row(adapter: Any, model_dir: str, name: str, engine: str, note: s
         metric = evaluate(adapter, data, n=n, max_new_tokens=tokens, progress=progress).get(metric_name)
     processor = AutoImageProcessor.from_pretrained(adapter.source if Path(adapter.source).is_dir()
                                                    else model_dir, use_fast=False)  # what the files say
-    prompts = list(PHOTO_PROMPTS if random else SHAPE_PROMPTS)
+    task = get_task(adapter.task)
+    # random weights: eos would stop early, so exactly `tokens` new tokens (min_new_tokens) on both sides
+    infer = task.reference_call(adapter, processor, list(PHOTO_PROMPTS if random else SHAPE_PROMPTS), random)
 
     def run(frame: np.ndarray, new_tokens: int) -> tuple[float, int]:
         """One end-to-end call: (pre-processing ms, new tokens)."""
@@ -308,16 +295,7 @@ def _reference_row(adapter: Any, model_dir: str, name: str, engine: str, note: s
         t0 = time.perf_counter()
         pixels = processor(images=rgb, return_tensors="pt")["pixel_values"]
         pre = (time.perf_counter() - t0) * 1e3
-        if adapter.task == "caption":
-            exact = {"min_new_tokens": new_tokens} if random else {}  # eos would stop random weights early
-            ids = adapter.generate(pixels, max_new_tokens=new_tokens, **exact)
-            return pre, int(ids.shape[1])
-        text = adapter.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
-                                 max_length=adapter.model.config.text_config.max_position_embeddings)
-        out = adapter.model(pixel_values=pixels, input_ids=text["input_ids"],
-                            attention_mask=text["attention_mask"])
-        processor.post_process_object_detection(out, threshold=0.1, target_sizes=torch.tensor([rgb.shape[:2]]))
-        return pre, 0
+        return pre, infer(pixels, rgb, new_tokens)
 
     samples: dict[str, list[float]] = {"preprocess": [], "encode": [], "decode": [], "total": []}
     t_1: list[float] = []
@@ -332,7 +310,7 @@ def _reference_row(adapter: Any, model_dir: str, name: str, engine: str, note: s
             encode = sum(vision_ms)
             samples["preprocess"].append(pre)
             samples["encode"].append(encode)
-            if adapter.task == "caption":
+            if task.generates:
                 samples["decode"].append(total - pre - encode)
                 counts.append(count)
                 t1 = time.perf_counter()
@@ -341,13 +319,12 @@ def _reference_row(adapter: Any, model_dir: str, name: str, engine: str, note: s
             samples["total"].append(total)
     size = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) / 1e6 \
         if Path(model_dir).is_dir() else None
-    caption = adapter.task == "caption"
     return BenchRow(name=name, task=adapter.task, engine=engine, precision="fp32",
                     metric_name=metric_name, metric=metric, latency_ms=_percentiles(samples),
                     throughput_fps=1e3 / statistics.mean(samples["total"]), size_mb=size,
                     note="; ".join(x for x in (note, "random weights: latency only" if random else "") if x),
                     model=group or name,
-                    decode_ms_per_token=_per_token(samples["total"], t_1, counts) if caption else None,
+                    decode_ms_per_token=_per_token(samples["total"], t_1, counts) if task.generates else None,
                     tokens=int(np.median(counts)) if counts else None, random_weights=random)
 
 
@@ -385,6 +362,57 @@ def _is_random(model_dir: Path) -> bool:
     return preset_record(read_config(model_dir)) is not None
 
 
+@dataclass
+class _Measured:
+    """One bench target's runtime rows, the frames they ran on and the model their references run."""
+
+    rows: list[BenchRow]
+    group: str
+    clip: list[np.ndarray] | None
+    source: Path | None
+    random: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _measure_bundle(target: str, data: str, n: int, tokens: int, frames: int, progress: bool) -> _Measured:
+    """A bundle, as it is, on the backend its target prefers; grouped with its ``arch:`` preset if any."""
+    from edgevlp.runtime.loader import choose_backend
+
+    manifest = read_manifest(target)
+    random = bool(manifest.source.get("random_weights"))
+    clip = _frames(data, frames, int(manifest.preprocess["height"]), photos=random)
+    preset = manifest.source.get("preset")
+    group = f"arch:{preset}" if preset else Path(target).name
+    row = _bundle_row(Path(target), choose_backend(manifest).name, data, n, tokens, clip, Path(target).name,
+                      progress, group)
+    return _Measured([row], group, clip, _reference_source(manifest.source), random)
+
+
+def _measure_model(target: str, tmp: Path, backends: tuple[str, ...], precisions: tuple[str, ...], data: str,
+                   n: int, tokens: int, frames: int, progress: bool) -> _Measured:
+    """A model, exported here for every backend x precision (a combination export refuses is a note)."""
+    from edgevlp.export import export_model
+    from edgevlp.models import inspect_model
+
+    model_dir, _ = inspect_model(target)
+    random = _is_random(Path(model_dir))
+    group = target if target.startswith("arch:") else Path(target).name
+    got = _Measured([], group, None, _reference_source({"model": str(model_dir)}), random)
+    for backend in backends:
+        for precision in precisions:
+            out = tmp / f"{group.replace(':', '-')}-{backend}-{precision}"
+            try:
+                manifest = export_model(model_dir, out, target=_TARGET[backend], precision=precision,
+                                        progress=False)
+            except EdgeVLPError as err:
+                got.notes.append(f"{target} {backend} {precision}: skipped ({err})")
+                continue
+            if got.clip is None:
+                got.clip = _frames(data, frames, int(manifest.preprocess["height"]), photos=random)
+            got.rows.append(_bundle_row(out, backend, data, n, tokens, got.clip, group, progress, group))
+    return got
+
+
 def run_bench(targets: list[str], *, data: str = "shapes:val", n: int = 50,
               backends: tuple[str, ...] = DEFAULT_BACKENDS, precisions: tuple[str, ...] = DEFAULT_PRECISIONS,
               frames: int = 20, max_new_tokens: int = 20, output: str | os.PathLike[str] | None = None,
@@ -403,55 +431,18 @@ def run_bench(targets: list[str], *, data: str = "shapes:val", n: int = 50,
     referenced: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="edgevlp-bench-") as tmp:
         for target in targets:
-            if is_bundle(target):
-                manifest = read_manifest(target)
-                random = bool(manifest.source.get("random_weights"))
-                clip = _frames(data, frames, int(manifest.preprocess["height"]), photos=random)
-                from edgevlp.runtime.loader import choose_backend
-
-                engine = choose_backend(manifest).name
-                source = _reference_source(manifest.source)
-                # bundles of one preset share its reference rows (measured once, on the same frames)
-                preset = manifest.source.get("preset")
-                group = f"arch:{preset}" if preset else Path(target).name
-                rows.append(_bundle_row(Path(target), engine, data, n, max_new_tokens, clip, Path(target).name,
-                                        progress, group))
-                if references and source is not None and group not in referenced:
-                    referenced.add(group)
-                    refs, note = _reference_rows(str(source), data, n, max_new_tokens, clip, progress, group,
-                                                 random)
-                    rows += refs
-                    notes += [f"{target}: {note}"] if note else []
-                if random:
-                    notes.append(_random_note(target, max_new_tokens))
-                continue
-            from edgevlp.export import export_model
-            from edgevlp.models import inspect_model
-
-            model_dir, _ = inspect_model(target)
-            random = _is_random(Path(model_dir))
-            group = target if target.startswith("arch:") else Path(target).name
-            clip: list[np.ndarray] | None = None
-            for backend in backends:
-                for precision in precisions:
-                    out = Path(tmp) / f"{group.replace(':', '-')}-{backend}-{precision}"
-                    try:
-                        manifest = export_model(model_dir, out, target=_TARGET[backend], precision=precision,
-                                                progress=False)
-                    except EdgeVLPError as err:
-                        notes.append(f"{target} {backend} {precision}: skipped ({err})")
-                        continue
-                    if clip is None:
-                        clip = _frames(data, frames, int(manifest.preprocess["height"]), photos=random)
-                    rows.append(_bundle_row(out, backend, data, n, max_new_tokens, clip, group, progress,
-                                            group))
-            source = _reference_source({"model": str(model_dir)})
-            if references and clip is not None and source is not None:
-                refs, note = _reference_rows(str(source), data, n, max_new_tokens, clip, progress, group,
-                                             random)
+            got = _measure_bundle(target, data, n, max_new_tokens, frames, progress) if is_bundle(target) else \
+                _measure_model(target, Path(tmp), backends, precisions, data, n, max_new_tokens, frames, progress)
+            rows += got.rows
+            notes += got.notes
+            # the reference rows once per model: bundles of one preset share them (same frames)
+            if references and got.clip is not None and got.source is not None and got.group not in referenced:
+                referenced.add(got.group)
+                refs, note = _reference_rows(str(got.source), data, n, max_new_tokens, got.clip, progress,
+                                             got.group, got.random)
                 rows += refs
                 notes += [f"{target}: {note}"] if note else []
-            if random:
+            if got.random:
                 notes.append(_random_note(target, max_new_tokens))
     if output is not None:
         from edgevlp.bench.report import write_report

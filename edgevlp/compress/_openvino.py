@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgevlp._telemetry import openvino_telemetry_off
 from edgevlp.compress.recipe import QuantConfig
 from edgevlp.errors import BackendUnavailableError
 
@@ -58,6 +59,10 @@ class OpenVINOBackend:
 
     def quantize(self, role: str, src: Path, dst: Path, cfg: QuantConfig, scheme: str, exclude: set[str],
                  ranges: None, work: Path) -> dict[str, Any]:
+        with openvino_telemetry_off(nncf=True):
+            return self._quantize(src, dst, cfg, scheme, exclude)
+
+    def _quantize(self, src: Path, dst: Path, cfg: QuantConfig, scheme: str, exclude: set[str]) -> dict[str, Any]:
         import nncf
         import openvino as ov
 
@@ -117,3 +122,17 @@ class OpenVINOBackend:
     @staticmethod
     def output_names(path: Path) -> list[str]:
         return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+    @staticmethod
+    def integer_ops(path: Path) -> list[str]:
+        """What carries INT8 in the IR at ``path``: ``FakeQuantize`` (static) and ``int8 weights`` (i8/u8
+        constants, weight-only); none: every layer was kept in FP32."""
+        import openvino as ov
+
+        found = set()
+        for op in ov.Core().read_model(str(path)).get_ops():
+            if op.get_type_name() == "FakeQuantize":
+                found.add("FakeQuantize")
+            elif op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() in ("i8", "u8"):
+                found.add("int8 weights")
+        return sorted(found)

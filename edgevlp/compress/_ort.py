@@ -24,6 +24,10 @@ import onnx
 from edgevlp.compress._ranges import Ranges, activation_tensors, collect_ranges
 from edgevlp.compress.recipe import QuantConfig
 
+#: op types that carry INT8 in an onnxruntime graph (QDQ, dynamic, MatMulNBits weight-only).
+INTEGER_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
+                         "MatMulNBits", "QLinearMatMul", "QLinearConv"})
+
 __all__ = ["OnnxRuntimeBackend", "strip_qdq"]
 
 Feeds = list[dict[str, np.ndarray]]
@@ -323,3 +327,15 @@ class OnnxRuntimeBackend:
     @staticmethod
     def output_names(path: Path) -> list[str]:
         return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+    @staticmethod
+    def integer_ops(path: Path) -> list[str]:
+        """The INT8 op types in the graph at ``path``; none when no compute layer runs in INT8 (every layer
+        kept in FP32: Q/DQ pairs left on other tensors do not make it an INT8 graph)."""
+        from edgevlp.compress.fallback import COMPUTE_OPS
+
+        nodes = onnx.load(str(path), load_external_data=False).graph.node
+        dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+        computes_int8 = any(n.op_type in COMPUTE_OPS and dequantized & set(n.input) for n in nodes) or any(
+            n.op_type in INTEGER_OPS - {"QuantizeLinear", "DequantizeLinear"} for n in nodes)
+        return sorted({n.op_type for n in nodes} & INTEGER_OPS) if computes_int8 else []

@@ -178,7 +178,7 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
         metric_after = None
         if measure:
             state.log(f"measuring the task metric on {eval_n} images of {eval_data}")
-            metric_after = _metric_compressed(tmp, Path(work), eval_data, eval_n, "openvino" if other else "cpu") \
+            metric_after = _metric_compressed(tmp, Path(work), eval_data, eval_n, compression.host_target()) \
                 if state.quantized \
                 else _metric(adapter, eval_data, eval_n)
         report = {
@@ -187,6 +187,7 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
                       {"skipped": f"{RANDOM_WEIGHTS_NOTE} (arch: preset): no task metric"},
             "stage_cache": {"key": key, "reused": str(hit) if hit else None} if key else None,
             "recipe": effective.name, "recipe_file": str(recipe_file) if recipe_file else None,
+            "export_target": compression.host_target(),
             "calibration_override": calib,
             "parameters": {"before": params_before, "after": adapter.parameter_counts()},
             "stages": stages, "seconds": round(time.perf_counter() - t_start, 2),

@@ -54,8 +54,6 @@ LATENCY_THREADS = 1
 SEARCH_BUDGET_S = 4.0
 #: each latency figure stops repeating (after 3 runs) once its runs took this long.
 LATENCY_BUDGET_S = 3.0
-_INTEGER_OPS = {"QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
-                "MatMulNBits", "QLinearMatMul", "QLinearConv"}
 
 
 def selected(cfg: QuantConfig, role: str, node: onnx.NodeProto) -> bool:
@@ -275,9 +273,13 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
     run_int8 = backend.runner(dst)
     got, _ = _run_feeds(state, f"{role}: parity vs FP32", run_int8, evals)
     outputs = compare(ref, got, names)
-    qmodel = onnx.load(str(dst)) if dst.suffix == ".onnx" else None
-    ops = sorted({n.op_type for n in qmodel.graph.node} & _INTEGER_OPS) if qmodel is not None \
-        else ["FakeQuantize (OpenVINO IR)"]
+    ops = backend.integer_ops(dst)
+    if not ops:  # the fallback kept every layer in FP32: an "INT8" graph with nothing in INT8 is FP32
+        state.log(f"{role}: kept in FP32 (no layer meets the tolerance in INT8: the fallback kept them all)")
+        dst.unlink()
+        return {"quantized": False, "scheme": chosen,
+                "reason": "the fallback kept every layer in FP32 to meet the tolerance",
+                "fallback": fallback.to_dict() if fallback is not None else None}
     state.quantized[role] = dst.name
     state.log(f"{role}: {chosen}, worst cosine {min_cosine(outputs):.4f}, {_size(fp32) / 1e6:.2f} -> "
               f"{_size(dst) / 1e6:.2f} MB, {before:.2f} -> {after:.2f} ms")

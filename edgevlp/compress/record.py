@@ -33,6 +33,7 @@ from typing import Any
 
 from edgevlp._io import read_json_object
 from edgevlp.errors import InputError
+from edgevlp.targets import CPU, TARGETS, get_target
 
 __all__ = ["COMPRESSION_FILE", "COMPRESSED_FORMAT", "FORMAT_VERSION", "READS", "CompressionRecord",
            "read_compression", "recorded_precision", "export_precision", "parity_tolerance", "QDQ_SCHEMES"]
@@ -140,6 +141,20 @@ class CompressionRecord:
         return path
 
     @property
+    def graph_format(self) -> str:
+        """The format of the quantised graphs (``onnx``, or ``openvino`` for NNCF IR): which targets read them."""
+        return "openvino" if self.openvino_graphs else "onnx"
+
+    def host_target(self) -> str:
+        """The CPU target that exports these graphs as they are (the hint after `edgevlp compress`).
+
+        Example:
+            >>> CompressionRecord(precision="int8", openvino_graphs={"vision_encoder": "v.int8.xml"}).host_target()
+            'openvino'
+        """
+        return next(t.name for t in TARGETS.values() if t.device == CPU and self.graph_format in t.formats)
+
+    @property
     def recipe_name(self) -> str:
         return (self.recipe or {}).get("name", "?")
 
@@ -198,11 +213,13 @@ def export_precision(record: CompressionRecord | Mapping[str, Any], asked: str |
                          f"at {asked} with `edgevlp export {where / (record.base_model or '.')} --precision "
                          f"{asked} ...`")
     onnx_graphs, ir = record.graphs, record.openvino_graphs
-    if ir and target != "openvino":
+    row = get_target(target)
+    if ir and "openvino" not in row.formats:
+        readers = " or ".join(f"--target {t.name}" for t in TARGETS.values() if "openvino" in t.formats)
         raise InputError(f"{where} was quantised for OpenVINO (IR: {', '.join(sorted(ir))}); export it with "
-                         f"--target openvino, or re-run `edgevlp compress` with backend = \"onnxruntime\" for "
+                         f"{readers}, or re-run `edgevlp compress` with backend = \"onnxruntime\" for "
                          f"--target {target}")
-    if target in ("jetson", "laptop-gpu"):
+    if "tensorrt" in row.formats:
         other = {r: s for r, s in record.schemes.items() if r in onnx_graphs and s not in QDQ_SCHEMES}
         if other:
             listed = ", ".join(f"{r} ({s})" for r, s in sorted(other.items()))

@@ -141,7 +141,7 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
     task = get_task(adapter.task)
     qdq = compression.graphs if compression else {}
     # OpenVINO IR quantised by `edgevlp compress` (NNCF) is used as is for the openvino target.
-    ov_ir = compression.openvino_graphs if compression and target == "openvino" else {}
+    ov_ir = compression.openvino_graphs if compression and "openvino" in get_target(target).formats else {}
 
     def write(root: Path) -> Manifest:
         traced = task.graphs(adapter)

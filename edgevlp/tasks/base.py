@@ -23,8 +23,12 @@ class Task(ABC):
         app_slot: the key of its model in the app's ``{"captioner": ..., "detector": ...}``.
         metric: the headline metric of :func:`edgevlp.eval.evaluate` (higher is better).
         card_metrics: the metrics a model card's table shows, in order.
+        metric_labels: ``(key, label)`` of the metrics `edgevlp eval` prints, in order (keys absent from a
+            result are left out).
         metric_note: how the metrics are measured (the model card's paragraph under the table).
         manifest_section: the manifest field its runtime settings go in (``generation`` / ``detection``).
+        generates: it decodes tokens (``edgevlp bench`` measures decode ms per new token).
+        reference_note: what ``edgevlp bench``'s transformers reference row runs.
     """
 
     name: ClassVar[str]
@@ -32,8 +36,11 @@ class Task(ABC):
     app_slot: ClassVar[str]
     metric: ClassVar[str]
     card_metrics: ClassVar[tuple[str, ...]]
+    metric_labels: ClassVar[tuple[tuple[str, str], ...]]
     metric_note: ClassVar[str]
     manifest_section: ClassVar[str]
+    generates: ClassVar[bool]
+    reference_note: ClassVar[str]
 
     def runtime_type(self) -> type:
         """The runtime class (imported now; torch-free)."""
@@ -83,6 +90,17 @@ class Task(ABC):
                       teacher_states: Any) -> tuple[Any, Any]:
         """``(task loss, KD loss)`` of one distillation batch (the vision towers' last hidden states
         are passed in, already computed)."""
+
+    # ------------------------------------------------------------------------------------- bench
+    @abstractmethod
+    def bench_call(self, model: Any, prompts: list[str], exact: bool) -> Any:
+        """``call(frame, n)`` running the runtime ``model`` end to end on a BGR frame (``n`` new tokens
+        where it generates: exactly ``n`` with ``exact``, as for random weights; prompts set once here)."""
+
+    @abstractmethod
+    def reference_call(self, adapter: Any, processor: Any, prompts: list[str], exact: bool) -> Any:
+        """``call(pixels, rgb, n) -> new tokens`` running the transformers model behind ``adapter`` as a
+        user would (HF ``processor``'s ``pixels`` of the ``rgb`` frame; post-processing included)."""
 
     # -------------------------------------------------------------------------------- evaluation
     @abstractmethod

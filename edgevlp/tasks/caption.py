@@ -26,12 +26,16 @@ class CaptionTask(Task):
     app_slot = "captioner"
     metric = "cider"
     card_metrics = ("bleu4", "cider", "bleu1", "colour_recall", "shape_recall", "pair_recall")
+    metric_labels = (("bleu4", "BLEU-4"), ("cider", "CIDEr"), ("bleu1", "BLEU-1"), ("colour_recall", "colour recall"),
+                     ("shape_recall", "shape recall"), ("pair_recall", "colour+shape recall"))
     metric_note = ("BLEU-4 and CIDEr-D from pycocoevalcap's scorers on simple lower-case whitespace "
                    "tokenisation (its Java PTB tokenizer is not used), greedy decoding, 3-5 "
                    "references per image. The recalls are the share of objects whose colour, shape "
                    "and colour-shape pair the caption names (read back with "
                    "`edgevlp.data.parse_caption`): BLEU and CIDEr also reward the template words.")
     manifest_section = "generation"
+    generates = True
+    reference_note = "HF processor + generate"
 
     # ------------------------------------------------------------------------------------ export
     def graphs(self, adapter: Any) -> list[Any]:
@@ -106,6 +110,18 @@ class CaptionTask(Task):
         return masked_token_ce(s_logits, ids[:, 1:], mask), caption_kd(s_logits, t_logits, mask, temp)
 
     # -------------------------------------------------------------------------------- evaluation
+    def bench_call(self, model: Any, prompts: list[str], exact: bool) -> Any:
+        if exact:  # eos suppressed until n (min_new_tokens, as transformers does): exactly n every call
+            return lambda frame, n: model.caption(frame, max_new_tokens=n, min_new_tokens=n)
+        return lambda frame, n: model.caption(frame, max_new_tokens=n)
+
+    def reference_call(self, adapter: Any, processor: Any, prompts: list[str], exact: bool) -> Any:
+        def call(pixels: Any, rgb: Any, n: int) -> int:
+            extra = {"min_new_tokens": n} if exact else {}
+            return int(adapter.generate(pixels, max_new_tokens=n, **extra).shape[1])
+
+        return call
+
     def evaluate(self, predictor: Any, samples: list[Any], phrases: tuple[str, ...], *, data: str,
                  bundle: bool, batch_size: int, max_new_tokens: int, progress: bool) -> dict[str, Any]:
         from edgevlp.eval.evaluate import caption_samples_bundle, caption_samples_torch, mention_recall

@@ -23,11 +23,14 @@ class DetectTask(Task):
     app_slot = "detector"
     metric = "map50"
     card_metrics = ("map50", "map", "map75")
+    metric_labels = (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"), ("map75", "mAP@.75"))
     metric_note = ("COCO box mAP@[.5:.95] (map) and mAP@.5 (map50) from pycocotools; every phrase of "
                    "the split is queried on every image (50 on val, 56 on heldout), so false "
                    "positives from all images count; the 100 best (box, phrase) pairs per image are "
                    "kept. \"held-out pairs only\" averages over the six unseen pairs.")
     manifest_section = "detection"
+    generates = False
+    reference_note = "HF processor + model + post_process_object_detection, prompts tokenised per frame"
     #: Gaussian sigma of the boxes sampled for the Fisher (pruning importance) loss.
     box_sigma = 0.05
 
@@ -115,6 +118,24 @@ class DetectTask(Task):
         return task, kd
 
     # -------------------------------------------------------------------------------- evaluation
+    def bench_call(self, model: Any, prompts: list[str], exact: bool) -> Any:
+        model.set_prompts(prompts)  # once: the runtime caches the prompt embeddings
+        return lambda frame, n: model.detect(frame, threshold=0.1)
+
+    def reference_call(self, adapter: Any, processor: Any, prompts: list[str], exact: bool) -> Any:
+        import torch
+
+        def call(pixels: Any, rgb: Any, n: int) -> int:
+            text = adapter.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
+                                     max_length=adapter.model.config.text_config.max_position_embeddings)
+            out = adapter.model(pixel_values=pixels, input_ids=text["input_ids"],
+                                attention_mask=text["attention_mask"])
+            processor.post_process_object_detection(out, threshold=0.1,
+                                                    target_sizes=torch.tensor([rgb.shape[:2]]))
+            return 0
+
+        return call
+
     def evaluate(self, predictor: Any, samples: list[Any], phrases: tuple[str, ...], *, data: str,
                  bundle: bool, batch_size: int, max_new_tokens: int, progress: bool) -> dict[str, Any]:
         from edgevlp.eval.evaluate import HELDOUT_PHRASES, detect_samples_bundle, detect_scenes_torch
