@@ -119,3 +119,24 @@ def test_photo_frames_are_real_photos() -> None:
     frames = photo_frames(10)
     assert len(frames) == 10 and all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames)
     assert frames[0].shape == (512, 512, 3) and frames[0].std() > 20 and frames[8] is frames[0]
+
+
+def test_bundles_of_a_preset_bench_against_the_preset(monkeypatch, tmp_path) -> None:
+    """A bundle exported from an arch: preset (directly or from an `edgevlp compress` output of it) is
+    grouped with the preset and its reference rows run the preset; a compressed dir's base model is used
+    when the source is a compressed dir of a real model."""
+    import edgevlp.models as models
+    from edgevlp.bench.runner import _preset_name, _reference_source
+
+    seen = []
+    monkeypatch.setattr(models, "resolve_model_dir", lambda name: seen.append(name) or tmp_path / "preset")
+    for preset in ("arch:blip-base", "blip-base"):
+        assert _preset_name({"preset": preset}) == "arch:blip-base"
+        assert _reference_source({"model": "/somewhere/compressed", "preset": preset}) == tmp_path / "preset"
+    assert seen == ["arch:blip-base", "arch:blip-base"]
+    compressed = tmp_path / "c"
+    (compressed / "model").mkdir(parents=True)
+    (compressed / "model" / "config.json").write_text("{}")
+    (compressed / "compression.json").write_text('{"base_model": "model"}')
+    assert _reference_source({"model": str(compressed)}) == compressed / "model"
+    assert _reference_source({"model": str(tmp_path / "missing")}) is None

@@ -334,6 +334,12 @@ def _random_note(target: str, tokens: int) -> str:
             f"exactly {tokens} new tokens (min_new_tokens)")
 
 
+def _preset_name(source: dict[str, Any]) -> str:
+    """``arch:NAME`` of a manifest's source record (its ``preset``, with or without the prefix)."""
+    name = str(source["preset"])
+    return name if name.startswith("arch:") else f"arch:{name}"
+
+
 def _reference_source(source: dict[str, Any]) -> Path | None:
     """The FP32 model a bundle was exported from, for the reference rows: an ``arch:`` preset (also when
     exported from an `edgevlp compress` output of one: the same seeded weights), the base model inside a
@@ -342,7 +348,7 @@ def _reference_source(source: dict[str, Any]) -> Path | None:
 
     model = str(source.get("model", ""))
     if source.get("preset"):
-        return resolve_model_dir(f"arch:{source['preset']}")
+        return resolve_model_dir(_preset_name(source))
     if model.startswith("arch:"):
         return resolve_model_dir(model)
     path = Path(model)
@@ -381,8 +387,7 @@ def _measure_bundle(target: str, data: str, n: int, tokens: int, frames: int, pr
     manifest = read_manifest(target)
     random = bool(manifest.source.get("random_weights"))
     clip = _frames(data, frames, int(manifest.preprocess["height"]), photos=random)
-    preset = manifest.source.get("preset")
-    group = f"arch:{preset}" if preset else Path(target).name
+    group = _preset_name(manifest.source) if manifest.source.get("preset") else Path(target).name
     row = _bundle_row(Path(target), choose_backend(manifest).name, data, n, tokens, clip, Path(target).name,
                       progress, group)
     return _Measured([row], group, clip, _reference_source(manifest.source), random)
