@@ -14,6 +14,8 @@ pytest.importorskip("nncf")
 pytest.importorskip("openvino")
 
 from edgevlp.cli import main  # noqa: E402
+from edgevlp.compress._openvino import OpenVINOBackend  # noqa: E402
+from edgevlp.spec import PreprocessSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,20 +33,6 @@ def _recipe(tmp_path: Path) -> Path:
     return path
 
 
-def _int8_ops(xml: Path) -> set[str]:
-    """What holds INT8 in an IR: ``FakeQuantize`` (static: activations and weights) and ``i8``/``u8``
-    weight constants (weight-only: decompressed by ``Convert`` at run time)."""
-    import openvino as ov
-
-    found = set()
-    for op in ov.Core().read_model(str(xml)).get_ops():
-        if op.get_type_name() == "FakeQuantize":
-            found.add("FakeQuantize")
-        elif op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() in ("i8", "u8"):
-            found.add("int8 constant")
-    return found
-
-
 @pytest.mark.parametrize("arch", ["BlipForConditionalGeneration", "OwlViTForObjectDetection"])
 def test_openvino_recipe_compress_export_run(arch, tiny_model_dir, tmp_path, photos_bgr, capsys) -> None:
     out = tmp_path / "compressed"
@@ -56,7 +44,7 @@ def test_openvino_recipe_compress_export_run(arch, tiny_model_dir, tmp_path, pho
     for role, file in record["openvino_graphs"].items():
         scheme = record["schemes"][role]
         assert scheme in ("ptq_static", "weight_only"), (role, scheme)
-        assert _int8_ops(out / file) & {"FakeQuantize", "int8 constant"}, (role, scheme)
+        assert OpenVINOBackend.integer_ops(out / file), (role, scheme)  # FakeQuantize or int8 weights
         assert record["parity"]["measured"][role] >= 0.99, role
     # Only the openvino target reads IR; another is refused with the fix.
     assert main(["export", str(out), "-o", str(tmp_path / "cpu"), "--target", "cpu"]) == 1
@@ -93,7 +81,6 @@ def test_openvino_recipe_compress_export_run(arch, tiny_model_dir, tmp_path, pho
 def test_static_int8_quantile_ranges_on_real_photos(tiny_model_dir, tmp_path, photos_bgr) -> None:
     """NNCF static INT8 (percentile -> NNCF's quantile estimator) of a vision encoder: FakeQuantize in the
     IR, and on real photos its output follows FP32 (the runner compares at f32, not the CPU's bf16)."""
-    from edgevlp.compress._openvino import OpenVINOBackend
     from edgevlp.compress.recipe import load_recipe
     from edgevlp.export import export_model
     from edgevlp.runtime.preprocess import preprocess
@@ -101,17 +88,14 @@ def test_static_int8_quantile_ranges_on_real_photos(tiny_model_dir, tmp_path, ph
     manifest = export_model(tiny_model_dir("BlipForConditionalGeneration"), tmp_path / "fp32", target="cpu",
                             progress=False)
     src = tmp_path / "fp32" / manifest.graphs["vision_encoder"].file
-    spec = manifest.preprocess_spec() if hasattr(manifest, "preprocess_spec") else None
-    from edgevlp.spec import PreprocessSpec
-
-    spec = spec or PreprocessSpec.from_dict(manifest.preprocess)
+    spec = PreprocessSpec.from_dict(manifest.preprocess)
     feeds = [{"pixel_values": preprocess(f, spec)[0]} for f in photos_bgr.values()]
     cfg = next(s for s in load_recipe(REPO / "recipes/int8-openvino.toml").stages if hasattr(s, "calibration"))
     backend = OpenVINOBackend()
     backend.calibrate("vision_encoder", src, cfg, feeds)
     dst = tmp_path / "v.int8.xml"
     details = backend.quantize("vision_encoder", src, dst, cfg, "ptq_static", set(), None, tmp_path)
-    assert "FakeQuantize" in _int8_ops(dst) and details["calibration"] == "percentile"
+    assert "FakeQuantize" in OpenVINOBackend.integer_ops(dst) and details["calibration"] == "percentile"
     fp32, int8 = backend.runner(src), backend.runner(dst)
     outs = [fp32(f)[0].ravel() for f in feeds]
     assert float(outs[0] @ outs[1] / np.linalg.norm(outs[0]) / np.linalg.norm(outs[1])) < 0.999
