@@ -13,7 +13,8 @@ import pytest
 
 from edgevlp.bundle import GraphSpec, read_manifest
 from edgevlp.export.context import ExportContext
-from edgevlp.export.optimize import FUSIONS, Fusions, fuse_graph, optimize_graphs, untie_transposed_weights
+from edgevlp.export.optimize import (ALIAS_SUFFIX, FUSIONS, Fusions, fuse_graph, optimize_graphs,
+                                     store_weights_externally, untie_transposed_weights)
 from edgevlp.export.profiles import load_profile
 from edgevlp.export.progress import Progress
 from edgevlp.models import adapter_class, known_architectures
@@ -147,6 +148,40 @@ def test_untied_head_keeps_outputs_and_quantises(raw_decoder, tmp_path) -> None:
     assert fp32_matmul_weights(tmp_path / "untied.q8.onnx") == 0
 
 
+@pytest.mark.parametrize("arch", [BLIP, VED])
+def test_external_weights_store_a_tied_head_once(raw_decoder, arch, tmp_path) -> None:
+    """The weights move beside the graph; a tied head reads the embedding's own bytes through an alias
+    (no Transpose left for onnxruntime to fold into a copy); the outputs stay those of the export."""
+    src, graph, _ = raw_decoder(arch)
+    path = Path(shutil.copy(src, tmp_path / "text_decoder.onnx"))
+    feeds = _feeds(graph, 5)
+    want = _run(src, feeds)
+    assert not np.allclose(want["logits"], _run(src, _feeds(graph, 6))["logits"])  # input matters
+    raw = onnx.load(str(src))
+    raw_inits = {i.name for i in raw.graph.initializer}
+    reads = [name for n in raw.graph.node for name in n.input]
+    tied = {n.input[0] for n in raw.graph.node if n.op_type == "Transpose" and n.input[0] in raw_inits
+            and reads.count(n.input[0]) > 1}
+    assert tied or arch == BLIP  # GPT-2 ties its LM head to the word embedding
+    assert store_weights_externally(path) == "text_decoder.onnx.data"
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    assert all(i.data_location == onnx.TensorProto.EXTERNAL for i in inits.values() if np.prod(i.dims) >= 256)
+    aliases = {n.removesuffix(ALIAS_SUFFIX): n for n in inits if n.endswith(ALIAS_SUFFIX)}
+    assert set(aliases) == tied, "a tied LM head reads an alias of the word embedding"
+    for source, alias in aliases.items():
+        assert list(inits[alias].external_data) == list(inits[source].external_data)  # same bytes, once
+        head = next(n for n in model.graph.node if alias in n.input)
+        assert head.op_type == "FusedMatMul" and head.domain == "com.microsoft"
+    assert not any(n.op_type == "Transpose" and n.input[0] in inits for n in model.graph.node)
+    data = path.with_name("text_decoder.onnx.data")
+    assert data.stat().st_size < src.stat().st_size  # nothing stored twice
+    assert oct(data.stat().st_mode & 0o777) == oct(path.stat().st_mode & 0o777)
+    got = _run(path, feeds)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], **TOL)
+
+
 def _context(src: Path, graph, root: Path, precision: str) -> ExportContext:
     root.mkdir()
     shutil.copy(src, root / "text_decoder.onnx")
@@ -170,6 +205,8 @@ def test_cpu_writer_notes(raw_decoder, tmp_path) -> None:
     write(ctx)
     notes = ctx.notes["graph_optimization"]
     assert notes == {"untied_weights": {"text_decoder": 1}} and "quantization" in ctx.notes
+    assert ctx.notes["external_weights"] == {"text_decoder": "text_decoder.onnx.data"}
+    assert ctx.graphs[0].extra_files == ("text_decoder.onnx.data",)
     again = optimize_graphs(ctx, family)["text_decoder"]
     assert not again["applied"] and "already quantised" in again["reason"]
 

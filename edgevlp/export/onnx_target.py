@@ -1,12 +1,13 @@
 """``--target cpu``: ONNX graphs for onnxruntime; graphs that stay FP32 get onnxruntime's transformer
-fusions, INT8 is onnxruntime dynamic quantisation (after untying transposed weights); see
+fusions, INT8 is onnxruntime dynamic quantisation (after untying transposed weights); every graph's weights are
+stored beside it (``X.onnx.data``), tied ones once; see
 :mod:`edgevlp.export.optimize` for what each pays."""
 
 from __future__ import annotations
 
 from edgevlp.errors import InputError
 from edgevlp.export.context import ExportContext
-from edgevlp.export.optimize import optimize_graphs, untie_graphs
+from edgevlp.export.optimize import externalize_graphs, optimize_graphs, untie_graphs
 
 __all__ = ["write"]
 
@@ -30,6 +31,6 @@ def write(ctx: ExportContext) -> None:
             "detail": "weights int8 (per-tensor), activations quantised at run time; no calibration. "
                       "For calibrated static INT8 use `edgevlp compress` first.",
         }
-        return
-    # FP32 graphs (and the FP32 graphs of an `edgevlp compress` output; its QDQ graphs are skipped).
-    optimize_graphs(ctx, ctx.family)
+    else:  # FP32 graphs (and the FP32 graphs of an `edgevlp compress` output; its QDQ graphs are skipped)
+        optimize_graphs(ctx, ctx.family)
+    externalize_graphs(ctx)

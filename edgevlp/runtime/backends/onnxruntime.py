@@ -1,4 +1,11 @@
-"""onnxruntime: CPU everywhere; CUDA and TensorRT execution providers when the build has them."""
+"""onnxruntime: CPU everywhere; CUDA and TensorRT execution providers when the build has them.
+
+Sessions run with the CPU memory arena and the memory-pattern planner off: with them on, the arena
+keeps the largest activations of every graph reserved after the call (BLIP-base's 577-token encoder:
++98 MiB of peak RSS, 1147 vs 1049 MiB for an 899 MB bundle), and glibc's allocator serves the same
+tensors per call at no measurable cost (BLIP-base caption 1159-1251 ms with the arena, 1210-1252 ms
+without, 2-vCPU EPYC, three paired runs). Graph weights come mapped from the bundle's ``.onnx.data``
+files (see :mod:`edgevlp.export.optimize`)."""
 
 from __future__ import annotations
 
@@ -55,5 +62,7 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         session = ort.InferenceSession(str(root / graph.file), sess_options=options, providers=providers)
         return _OrtSession(graph, session)
