@@ -349,7 +349,14 @@ def _zoo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory (default out/NAME); checkpoints in OUT/.train")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
-    p.add_argument("--resume", action="store_true", help="continue the checkpoint in OUT/.train")
+    p.add_argument("--minutes", type=float, help="time budget: the first steps are timed and --steps "
+                   "becomes what fits (at most --steps); the model card gives the --steps that reproduce it")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 2)")
+    p.add_argument("--fp32", action="store_true", help="train in float32 (default: the recipe's; the demo "
+                   "recipes autocast the forward pass to bfloat16)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in OUT/.train (to its "
+                   "step count unless --steps is given)")
     p.add_argument("--json", action="store_true", help="list as JSON")
 
 
@@ -364,14 +371,15 @@ def _run_zoo(args: argparse.Namespace) -> int:
     if args.name not in ZOO_NAMES:
         raise InputError(f"edgevlp zoo train needs a demo model name: one of {', '.join(ZOO_NAMES)}"
                          + (f" (got {args.name!r})" if args.name else ""))
-    for key in ("steps", "batch_size"):
+    for key in ("steps", "batch_size", "threads"):
         value = getattr(args, key)
         if value is not None and value < 1:
             raise InputError(f"--{key.replace('_', '-')} {value}: expected a positive number")
     from edgevlp.zoo.train import train
 
     out = train(args.name, steps=args.steps, out=args.out, seed=args.seed, resume=args.resume,
-                batch_size=args.batch_size)
+                batch_size=args.batch_size, minutes=args.minutes, device=args.device, threads=args.threads,
+                bf16=False if args.fp32 else None)
     print(f"saved {args.name} to {out} (model card: {out / 'README.md'})")
     return 0
 
@@ -437,7 +445,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("zoo", "list or train the shipped demo models",
          "  edgevlp zoo\n"
          "  edgevlp zoo train demo-blip --steps 1500 --out out/demo-blip\n"
-         "  edgevlp zoo train demo-owlvit --out out/demo-owlvit --resume",
+         "  edgevlp zoo train demo-owlvit --out out/demo-owlvit --resume\n"
+         "  edgevlp zoo train demo-owlvit --minutes 30 --device cuda --out out/demo-owlvit",
          _zoo_args, _run_zoo),
 )
 

@@ -87,6 +87,39 @@ def test_training_smoke_loss_goes_down(name, tmp_path) -> None:
     assert card["training"]["steps"] == 20 and "edgevlp zoo train" in card["training"]["command"]
 
 
+def test_minutes_budget_fixes_the_steps_it_reproduces_with(tmp_path) -> None:
+    from edgevlp.zoo.train import train
+
+    kw = dict(tiny=True, batch_size=4, lr=3e-3, warmup=5, eval_every=1000, eval_n=2, checkpoint_every=1000,
+              progress=False)
+    out = train("demo-owlvit", steps=10_000, minutes=0.02, out=tmp_path / "a", **kw)  # ~1 s of training
+    card = json.loads((out / "metrics.json").read_text())["training"]
+    steps = card["steps"]
+    assert 5 <= steps < 10_000 and f"--steps {steps} " in card["command"]
+    log = (out / ".train" / "log.jsonl").read_text().splitlines()
+    assert len(log) == steps and json.loads((out / ".train" / "state.json").read_text())["step"] == steps
+    # resumed without --steps: the checkpoint's step count (nothing left to do); --minutes refuses to resume
+    again = train("demo-owlvit", out=tmp_path / "a", resume=True, **kw)
+    assert len((again / ".train" / "log.jsonl").read_text().splitlines()) == steps
+    from edgevlp.errors import InputError
+
+    with pytest.raises(InputError, match="--minutes budgets a new run"):
+        train("demo-owlvit", minutes=1, out=tmp_path / "a", resume=True, **kw)
+
+
+def test_zoo_train_cli_rejects_a_missing_gpu_and_bad_budgets(tmp_path, capsys) -> None:
+    from edgevlp.cli import main
+
+    if not torch.cuda.is_available():
+        assert main(["zoo", "train", "demo-owlvit", "--device", "cuda", "--out", str(tmp_path / "g")]) == 1
+        assert "sees no CUDA device" in capsys.readouterr().err
+        assert not (tmp_path / "g" / ".train").exists()
+    assert main(["zoo", "train", "demo-owlvit", "--minutes", "-1", "--out", str(tmp_path / "m")]) == 1
+    assert "--minutes -1" in capsys.readouterr().err
+    assert main(["zoo", "train", "demo-owlvit", "--device", "tpu", "--out", str(tmp_path / "t")]) == 1
+    assert "--device 'tpu'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path) -> None:
     from safetensors.torch import load_file

@@ -107,7 +107,7 @@ def set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, 
             neg_cost = 0.75 * pr ** 2 * -(1 - pr + 1e-8).log()
             cost = (W_FOCAL * (pos_cost - neg_cost) + W_L1 * torch.cdist(boxes[i].detach(), tgt_cxcywh, p=1)
                     - W_GIOU * generalized_iou(pred_xyxy[i], tgt_xyxy))
-            rows, cols = linear_sum_assignment(cost.numpy())
+            rows, cols = linear_sum_assignment(cost.cpu().numpy())
         for r, c in zip(rows.tolist(), cols.tolist()):
             cls_target[i, r, t["pos"][c]] = 1.0
             src_boxes.append(boxes[i, r])

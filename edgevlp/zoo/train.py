@@ -72,28 +72,39 @@ def _last_logged_eval(out_dir: Path) -> dict[str, float]:
 def train(name: str, *, steps: int | None = None, out: str | os.PathLike[str] | None = None, seed: int = 0,
           resume: bool = False, batch_size: int | None = None, lr: float | None = None, tiny: bool = False,
           eval_every: int | None = None, eval_n: int | None = None, checkpoint_every: int | None = None,
-          warmup: int | None = None, progress: bool = True, command: str | None = None) -> Path:
+          warmup: int | None = None, progress: bool = True, command: str | None = None,
+          minutes: float | None = None, device: str = "cpu", threads: int | None = None,
+          bf16: bool | None = None) -> Path:
     """Train demo model ``name`` and save it (fp16 weights, tokenizer, processor, card) in ``out``.
 
     ``tiny`` builds a toy-sized config (for tests). Returns ``out``. Checkpoints go to ``out/.train``
-    every ``checkpoint_every`` steps; ``resume=True`` continues from there with the same settings.
+    every ``checkpoint_every`` steps; ``resume=True`` continues from there with the same settings (to
+    the checkpoint's step count unless ``steps`` is given). ``minutes`` budgets a new run: its first
+    steps are timed and ``steps`` becomes what fits (the card gives the ``--steps`` that reproduce it).
+    ``device`` is a torch device (``cuda`` trains on a GPU; the card's metrics are measured on CPU).
     """
-    from edgevlp._training import TrainSettings, run
+    from edgevlp._training import STATE_DIR, TrainSettings, run
     from edgevlp.zoo.card import environment, write_card
 
     recipe = recipe_for(name)
     d = dict(recipe.defaults)
     overrides = dict(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, eval_n=eval_n,
-                     checkpoint_every=checkpoint_every, warmup=warmup)
+                     checkpoint_every=checkpoint_every, warmup=warmup, threads=threads, bf16=bf16)
     d.update({k: v for k, v in overrides.items() if v is not None})
-    settings = TrainSettings(name=name, seed=seed, tiny=tiny, **d)
     out_dir = Path(out) if out is not None else Path("out") / name
+    state = out_dir / STATE_DIR / "state.json"
+    if resume and steps is None and state.is_file():
+        d["steps"] = int(json.loads(state.read_text())["settings"]["steps"])
+    settings = TrainSettings(name=name, seed=seed, tiny=tiny, minutes=minutes, device=device, **d)
     result = run(recipe, settings, out_dir, resume=resume, progress=progress)
+    settings = result.settings  # a --minutes budget has fixed its step count
     save_shipped(result.adapter, out_dir)
     if command is None:
         command = f"edgevlp zoo train {name} --steps {settings.steps} --seed {seed} --out {shlex.quote(str(out_dir))}"
         if settings.batch_size != recipe.defaults.get("batch_size"):
             command += f" --batch-size {settings.batch_size}"
+        if device != "cpu":
+            command += f" --device {device}"
     last = result.last_eval or _last_logged_eval(out_dir)
     data = {
         "name": name, "task": result.adapter.task, "family": recipe.family,
