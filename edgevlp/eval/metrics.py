@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["tokenize", "caption_scores", "DetectionRecord", "detection_scores"]
+__all__ = ["tokenize", "caption_scores", "DetectionRecord", "detection_scores", "box_iou", "top_detection_right"]
 
 
 def tokenize(text: str) -> str:
@@ -134,3 +134,34 @@ def detection_scores(records: Sequence[DetectionRecord], categories: Sequence[st
         ev.summarize()
     stats = [max(float(s), 0.0) for s in ev.stats]  # -1 means "no data": report 0
     return {"map": stats[0], "map50": stats[1], "map75": stats[2], "n_images": len(records)}
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two ``xyxy`` boxes.
+
+    Example:
+        >>> box_iou([0, 0, 10, 10], [5, 0, 15, 10])
+        0.3333333333333333
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
+    union = np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def top_detection_right(detections: Sequence[Mapping[str, object]], objects: Sequence[tuple[Sequence[float], str]],
+                        iou: float = 0.5) -> bool:
+    """Whether the highest-scoring detection (``{"box": xyxy, "score": s, "label": phrase}``, as the
+    camera app logs them) lies on a drawn object (IoU >= ``iou``) and names that object's phrase;
+    ``objects`` are ``(xyxy, phrase)`` in the detections' pixel coordinates. No detection: False.
+
+    Example:
+        >>> top_detection_right([{"box": [0, 0, 10, 10], "score": 0.9, "label": "red circle"}],
+        ...                     [([1, 1, 10, 10], "red circle")])
+        True
+    """
+    if not detections:
+        return False
+    top = max(detections, key=lambda d: float(d["score"]))  # type: ignore[arg-type]
+    return any(phrase == top["label"] and box_iou(top["box"], box) >= iou  # type: ignore[arg-type]
+               for box, phrase in objects)
