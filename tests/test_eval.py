@@ -120,3 +120,34 @@ def test_bundle_scores_match_the_pytorch_model(name, tmp_path) -> None:
     assert a["kind"] == "pytorch" and b["kind"] == "bundle" and b["n_images"] == 8
     for k in keys:
         assert b[k] == pytest.approx(a[k], abs=0.02), (k, a[k], b[k])
+
+
+def test_per_object_words_match_one_mention_to_one_object() -> None:
+    from edgevlp.eval.evaluate import Sample, mention_recall
+
+    scene = Sample(np.zeros((8, 8, 3), np.uint8), ("",), np.zeros((2, 4)), ("red circle", "blue square"))
+    right = mention_recall([scene], ["two shapes: a red circle and a blue square"])
+    assert right["shape_accuracy"] == right["pair_accuracy"] == 1.0 and right["extra_mentions"] == 0.0
+    # every shape word said: full recall, but one-to-one only two mentions count and four are extra
+    spray = mention_recall([scene], ["a red circle, a blue circle, a red square, a blue square, a red star, "
+                                     "a blue star"])
+    assert spray["shape_recall"] == 1.0 and spray["extra_mentions"] == pytest.approx(4 / 6)
+    swapped = mention_recall([scene], ["a red square and a blue circle"])
+    assert swapped["shape_recall"] == 1.0 and swapped["shape_accuracy"] == 0.0  # colours pair them
+    assert swapped["colour_accuracy"] == 1.0 and swapped["pair_accuracy"] == 0.0
+    one = mention_recall([scene], ["a red circle"])
+    assert one["shape_accuracy"] == 0.5 and one["extra_mentions"] == 0.0
+    assert mention_recall([scene], [""])["shape_accuracy"] == 0.0
+
+
+def test_top_detection_right_needs_overlap_and_phrase() -> None:
+    from edgevlp.eval.metrics import top_detection_right
+
+    drawn = [([10, 10, 50, 50], "red circle"), ([60, 60, 90, 90], "blue square")]
+    det = {"box": [12, 11, 49, 52], "score": 0.8, "label": "red circle"}
+    assert top_detection_right([det, {"box": [0, 0, 5, 5], "score": 0.3, "label": "blue square"}], drawn)
+    assert not top_detection_right([{**det, "label": "blue square"}], drawn)  # right place, wrong phrase
+    assert not top_detection_right([{**det, "box": [30, 30, 70, 70]}], drawn)  # IoU < 0.5
+    assert not top_detection_right([{**det, "score": 0.1}, {"box": [0, 0, 5, 5], "score": 0.3,
+                                                            "label": "red circle"}], drawn)  # top one counts
+    assert not top_detection_right([], drawn)

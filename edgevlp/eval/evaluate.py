@@ -220,29 +220,56 @@ def detect_samples_bundle(detector: Any, samples: Sequence[Sample], phrases: lis
 
 
 def mention_recall(samples: Sequence[Sample], texts: Sequence[str]) -> dict[str, float]:
-    """Share of objects whose colour, shape, and colour-shape pair the caption names (read back with
-    :func:`edgevlp.data.parse_caption`); empty when the data have no phrase labels.
+    """What the captions say about each object, read back with :func:`edgevlp.data.parse_caption`;
+    empty when the data have no phrase labels. A diagnostic beside BLEU/CIDEr, which reward the
+    template words as much as the content.
 
-    A diagnostic beside BLEU/CIDEr, which reward the template words as much as the content.
+    - ``colour_recall`` / ``shape_recall`` / ``pair_recall``: share of objects whose colour, shape and
+      colour-shape pair the caption names anywhere;
+    - ``colour_accuracy`` / ``shape_accuracy`` / ``pair_accuracy``: the stricter check, per object: the
+      caption's mentions are matched one to one to the scene's objects (most agreeing words first,
+      Hungarian), and an object counts if *its* mention has the right colour / shape / both (an object
+      left without a mention is wrong), so a caption listing every shape does not score;
+    - ``extra_mentions``: share of mentions matched to no object (more objects said than drawn).
+
+    Example:
+        >>> from edgevlp.data import dataset
+        >>> scene = next(iter(dataset("val", 1)))
+        >>> mention_recall([Sample(scene.image, scene.captions, np.zeros((0, 4)), scene.phrases)],
+        ...                [scene.captions[0]])["shape_accuracy"]
+        1.0
     """
+    from scipy.optimize import linear_sum_assignment
+
     from edgevlp.data import parse_caption
 
-    total = colour = shape = pair = 0
+    keys = ("colour_recall", "shape_recall", "pair_recall", "colour_accuracy", "shape_accuracy", "pair_accuracy")
+    counts = dict.fromkeys(keys, 0)
+    total = said_total = extra = 0
     for s, text in zip(samples, texts):
         mentions = parse_caption(text).mentions
         said_pairs = {(m.colour, m.shape) for m in mentions}
-        for phrase in s.phrases:
-            words = phrase.split()
-            if len(words) != 2:
-                continue
-            c, sh = words
-            total += 1
-            colour += any(m.colour == c for m in mentions)
-            shape += any(m.shape == sh for m in mentions)
-            pair += (c, sh) in said_pairs
+        objects = [tuple(p.split()) for p in s.phrases if len(p.split()) == 2]
+        for c, sh in objects:
+            counts["colour_recall"] += any(m.colour == c for m in mentions)
+            counts["shape_recall"] += any(m.shape == sh for m in mentions)
+            counts["pair_recall"] += (c, sh) in said_pairs
+        total += len(objects)
+        said_total += len(mentions)
+        if not objects or not mentions:
+            extra += len(mentions)
+            continue
+        agree = np.array([[(m.colour == c) + (m.shape == sh) for m in mentions] for c, sh in objects])
+        rows, cols = linear_sum_assignment(-agree)
+        extra += len(mentions) - len(cols)
+        for r, k in zip(rows, cols):
+            c, sh = objects[r]
+            counts["colour_accuracy"] += mentions[k].colour == c
+            counts["shape_accuracy"] += mentions[k].shape == sh
+            counts["pair_accuracy"] += (mentions[k].colour, mentions[k].shape) == (c, sh)
     if not total:
         return {}
-    return {"colour_recall": colour / total, "shape_recall": shape / total, "pair_recall": pair / total}
+    return {**{k: v / total for k, v in counts.items()}, "extra_mentions": extra / max(said_total, 1)}
 
 
 # ------------------------------------------------------------------------------------- evaluate

@@ -85,7 +85,7 @@ def detection_scores(records: Sequence[DetectionRecord], categories: Sequence[st
     Example:
         >>> box = np.array([[10.0, 10.0, 50.0, 50.0]])
         >>> rec = DetectionRecord(100, 100, box, ["red circle"], box, np.array([0.9]), ["red circle"])
-        >>> detection_scores([rec], ["red circle", "blue square"])["map50"]
+        >>> round(detection_scores([rec], ["red circle", "blue square"])["map50"], 6)
         1.0
     """
     from pycocotools.coco import COCO

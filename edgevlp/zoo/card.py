@@ -75,7 +75,9 @@ def record_eval(model_dir: str | os.PathLike[str], result: dict[str, Any]) -> No
     data = read_card_data(model_dir)
     keep = {k: v for k, v in result.items() if k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "map",
                                                      "map50", "map75", "heldout_pairs", "n_images", "seconds",
-                                                     "colour_recall", "shape_recall", "pair_recall")}
+                                                     "colour_recall", "shape_recall", "pair_recall",
+                                                     "colour_accuracy", "shape_accuracy", "pair_accuracy",
+                                                     "extra_mentions")}
     data.setdefault("metrics", {})[result["data"]] = keep
     write_card(model_dir, data)
 
