@@ -274,6 +274,27 @@ def fuse_graph(path: Path, fusions: Fusions, feeds: dict[str, np.ndarray] | None
         tmp.unlink(missing_ok=True)
 
 
+def _transposed_weight_reads(model: onnx.ModelProto) -> tuple[dict[int, tuple[Any, list[int] | None, list[Any]]],
+                                                                 dict[str, list[onnx.NodeProto]]]:
+    """The ``Transpose`` nodes of an initializer that only MatMuls read, as their second input (a tied LM
+    head): ``{id(node): (initializer, perm, the MatMuls)}``, and every tensor's consumers."""
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+    reads = {}
+    for node in model.graph.node:
+        if node.op_type != "Transpose" or node.input[0] not in inits or node.output[0] in graph_outputs:
+            continue
+        uses = consumers.get(node.output[0], [])
+        if uses and all(u.op_type == "MatMul" and list(u.input).index(node.output[0]) == 1 for u in uses):
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            reads[id(node)] = (inits[node.input[0]], perm, uses)
+    return reads, consumers
+
+
 def untie_transposed_weights(path: Path) -> int:
     """Give every MatMul that reads an initializer through a ``Transpose`` (a tied LM head) its own
     transposed initializer, in place, so the INT8 quantiser can quantise it; returns how many.
@@ -283,22 +304,14 @@ def untie_transposed_weights(path: Path) -> int:
         1
     """
     model = onnx.load(str(path))
-    inits = {i.name: i for i in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    graph_outputs = {o.name for o in model.graph.output}
+    reads, _ = _transposed_weight_reads(model)
     keep, count = [], 0
     for node in model.graph.node:
-        uses = consumers.get(node.output[0], []) if node.op_type == "Transpose" else []
-        if (node.op_type == "Transpose" and node.input[0] in inits and uses
-                and node.output[0] not in graph_outputs
-                and all(u.op_type == "MatMul" and list(u.input).index(node.output[0]) == 1 for u in uses)):
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            weight = numpy_helper.to_array(inits[node.input[0]])
-            weight = np.ascontiguousarray(weight.transpose(perm) if perm else weight.T)
-            model.graph.initializer.append(numpy_helper.from_array(weight, node.output[0]))
+        if id(node) in reads:
+            weight, perm, _uses = reads[id(node)]
+            array = numpy_helper.to_array(weight)
+            array = np.ascontiguousarray(array.transpose(perm) if perm else array.T)
+            model.graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
             count += 1
         else:
             keep.append(node)
@@ -360,21 +373,12 @@ def _fold_tied_transposes(model: onnx.ModelProto) -> dict[str, str]:
     """Turn ``MatMul(A, Transpose(W))`` on a 2-D initializer ``W`` into ``FusedMatMul(A, W', transB=1)``;
     ``W'`` is ``W`` itself when nothing else reads ``W``, else an alias to fill with ``W``'s bytes.
     Returns {alias: W}."""
-    inits = {i.name: i for i in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    graph_outputs = {o.name for o in model.graph.output}
+    reads, consumers = _transposed_weight_reads(model)
     aliases: dict[str, str] = {}
     nodes, folded = [], 0
     for node in model.graph.node:
-        uses = consumers.get(node.output[0], []) if node.op_type == "Transpose" else []
-        weight = inits.get(node.input[0]) if node.op_type == "Transpose" else None
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        if (weight is None or len(weight.dims) != 2 or perm not in (None, [1, 0]) or not uses
-                or node.output[0] in graph_outputs
-                or not all(u.op_type == "MatMul" and list(u.input).index(node.output[0]) == 1 for u in uses)):
+        weight, perm, uses = reads.get(id(node), (None, None, []))
+        if weight is None or len(weight.dims) != 2 or perm not in (None, [1, 0]):
             nodes.append(node)
             continue
         shared = any(u is not node for u in consumers[weight.name])
