@@ -6,8 +6,10 @@
    demo-out/ (keyed by the recipe file's hash) so a second `make demo` skips this step;
 2. export both for `--target cpu`;
 3. write a clip from the shape-scenes generator (val split) and a few real photos (scikit-image);
-4. run the camera app headless on it (captioner + detector together) and print where the annotated MP4 and
-   the JSONL log are, the measured FPS and three sample captions.
+4. run the camera app headless on it (captioner + detector together), prompted with the phrases of the
+   objects the clip draws, and print where the annotated MP4 and the JSONL log are, the measured FPS,
+   three sample captions and how often the app is right on the shape frames: the top detection on a
+   drawn object (IoU >= 0.5) with its phrase, and the caption naming every object's colour and shape.
 Without the shipped demo models (edgevlp/zoo/), tiny random models are used and the demo says so.
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 OUT = Path("demo-out")
 RECIPES = Path("recipes")
 FLAGSHIP = RECIPES / "prune30-kd-int8.toml"
-PROMPTS = "red circle, blue square, green triangle, yellow star, purple hexagon"
+SCENE_SIZE, CLIP_SIZE, HOLD = 224, (640, 480), 5
 
 
 def say(text: str) -> None:
@@ -76,13 +78,18 @@ def export(cli, model: str, name: str) -> Path:  # type: ignore[no-untyped-def]
     return out
 
 
-def make_clip(path: Path, size: tuple[int, int] = (640, 480), scenes: int = 24, hold: int = 5) -> int:
-    """Shape scenes (val) and three real photos, each held for ``hold`` frames, as an MP4."""
-    from skimage import data as photos
-
+def clip_scenes(n: int = 24) -> list:  # type: ignore[type-arg]
+    """The shape scenes (val split) the clip shows first, in order."""
     from edgevlp.data import dataset
 
-    frames = [np.ascontiguousarray(s.image[..., ::-1]) for s in dataset("val", scenes, size=224)]
+    return list(dataset("val", n, size=SCENE_SIZE))
+
+
+def make_clip(path: Path, scenes: list, size: tuple[int, int] = CLIP_SIZE, hold: int = HOLD) -> int:  # type: ignore[type-arg]
+    """``scenes`` and three real photos, each held for ``hold`` frames, as an MP4."""
+    from skimage import data as photos
+
+    frames = [np.ascontiguousarray(s.image[..., ::-1]) for s in scenes]
     frames += [np.ascontiguousarray(getattr(photos, n)()[..., ::-1]) for n in ("astronaut", "coffee", "chelsea")]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15, size)
     count = 0
@@ -93,6 +100,27 @@ def make_clip(path: Path, size: tuple[int, int] = (640, 480), scenes: int = 24, 
             count += 1
     writer.release()
     return count
+
+
+def right_on_scenes(lines: list[dict], scenes: list, hold: int = HOLD) -> tuple[float, float, int]:  # type: ignore[type-arg]
+    """Fractions of the logged shape-scene frames whose top detection is right (IoU >= 0.5 with a
+    drawn object, its phrase) and whose caption names every object's colour-shape pair (no other)."""
+    from edgevlp.data import parse_caption
+    from edgevlp.eval.metrics import top_detection_right
+
+    sx, sy = CLIP_SIZE[0] / SCENE_SIZE, CLIP_SIZE[1] / SCENE_SIZE
+    boxes_right = captions_right = frames = 0
+    for line in lines:
+        index = line["source_frame"] // hold
+        if index >= len(scenes):
+            continue  # the photos: nothing drawn to check against
+        objects = [([o.box_xyxy[0] * sx, o.box_xyxy[1] * sy, o.box_xyxy[2] * sx, o.box_xyxy[3] * sy], o.phrase)
+                   for o in scenes[index].objects]
+        frames += 1
+        boxes_right += top_detection_right(line.get("detections") or [], objects)
+        said = {(m.colour, m.shape) for m in parse_caption(line.get("caption") or "").mentions}
+        captions_right += said == {(o.colour, o.shape) for o in scenes[index].objects}
+    return boxes_right / max(frames, 1), captions_right / max(frames, 1), frames
 
 
 def main() -> int:
@@ -109,12 +137,15 @@ def main() -> int:
         bundles[task] = export(cli, compressed, f"{Path(model).name}-cpu-int8")
     say("make a clip: shape scenes (val split) + 3 real photos")
     clip = OUT / "clip.mp4"
-    n = make_clip(clip)
-    print(f"{clip}: {n} frames, 640x480")
-    say("camera app, headless: captioner + detector on the clip")
+    scenes = clip_scenes()
+    n = make_clip(clip, scenes)
+    print(f"{clip}: {n} frames, {CLIP_SIZE[0]}x{CLIP_SIZE[1]}")
+    prompts = sorted({o.phrase for s in scenes for o in s.objects})
+    say(f"camera app, headless: captioner + detector on the clip, prompted with the {len(prompts)} phrases "
+        "of the objects it draws")
     run_dir = OUT / "run"
     code = cli(["run", str(bundles["caption"]), str(bundles["detect"]), "--source", str(clip), "--headless",
-                "--output", str(run_dir), "--prompts", PROMPTS, "--caption-every", "0", "--force"])
+                "--output", str(run_dir), "--prompts", ", ".join(prompts), "--caption-every", "0", "--force"])
     if code != 0:
         return code
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -130,6 +161,9 @@ def main() -> int:
     print("sample captions:")
     for text in captions[:: max(1, len(captions) // 3)][:3]:
         print(f"  - {text}")
+    boxes_right, captions_right, frames = right_on_scenes(lines, scenes)
+    print(f"right on the {frames} shape-scene frames: top detection {boxes_right:.0%} (on a drawn object, "
+          f"IoU >= 0.5, its phrase); caption {captions_right:.0%} (every object's colour and shape, no other)")
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f}s")
     return 0
 

@@ -102,6 +102,9 @@ class Recipe:
         """A few metrics on the first ``n`` val scenes (for the progress log)."""
         raise NotImplementedError
 
+    def finalize(self, adapter: Any) -> None:
+        """Called once training is over, before the model is saved (e.g. to drop training-only heads)."""
+
 
 @dataclass
 class RunResult:

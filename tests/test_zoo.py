@@ -33,17 +33,19 @@ def test_shipped_folder_is_complete_and_small(name) -> None:
         assert (folder / f).is_file(), f"{folder / f} is missing"
     assert not (folder / ".train").exists()
     total = sum(f.stat().st_size for d in SHIPPED for f in (ZOO_DIR / d).iterdir() if f.is_file())
-    assert total <= 50e6
+    total += sum(f.stat().st_size for f in (ZOO_DIR / "stage-cache").rglob("*") if f.is_file())
+    assert total <= 20e6, "the demo zoo (models + shipped stage cache) must stay within 20 MB"
     card = json.loads((folder / "metrics.json").read_text())
     assert card["metrics"], "the card must report measured metrics"
 
 
 def test_demo_blip_captions_val_scenes() -> None:
-    # demo-blip names colours reliably but shapes only partly (see its card: shape recall ~0.3), so
-    # on the first five lone-object val scenes (not hand-picked) every colour must be right and at
-    # least one colour+shape pair
+    # demo-blip names colours reliably and shapes for about two objects in three (its card:
+    # shape_accuracy ~0.65), so on the first five lone-object val scenes (not hand-picked) every colour
+    # must be right and at least three colour+shape pairs
     adapter = load_model("demo-blip")
     assert all(p.dtype == torch.float32 for p in adapter.model.parameters())  # fp16 storage, fp32 compute
+    assert not hasattr(adapter.model, "shape_probe")  # the training-only probe is not shipped
     size = adapter.preprocess_spec().height
     scenes = [s for s in dataset("val", 60, size=size) if len(s.objects) == 1][:5]
     from edgevlp.eval.evaluate import caption_samples_torch
@@ -55,7 +57,7 @@ def test_demo_blip_captions_val_scenes() -> None:
         obj = scene.objects[0]
         assert [m.colour for m in said] == [obj.colour], (text, obj.phrase)
         pairs_right += (said[0].colour, said[0].shape) == (obj.colour, obj.shape)
-    assert pairs_right >= 1, list(zip(texts, [s.phrases for s in scenes]))
+    assert pairs_right >= 3, list(zip(texts, [s.phrases for s in scenes]))
 
 
 def test_demo_owlvit_finds_a_prompted_object() -> None:
@@ -196,3 +198,26 @@ def test_shipped_stage_cache_matches_the_flagship_recipe(name) -> None:
     assert [r["stage"] for r in reports] == ["prune", "distill"] and reports[1]["steps"] == stages[1].steps
     pruned, original = load_model(entry), load_model(name)
     assert pruned.parameter_counts()["total"] < 0.8 * original.parameter_counts()["total"]
+
+
+def test_blip_shape_probe_labels_and_is_dropped(tmp_path) -> None:
+    """The captioner's training-only probe: patch labels follow the drawn boxes (topmost object wins);
+    the saved model is a plain BLIP (it reloads, no probe weights)."""
+    from types import SimpleNamespace
+
+    from edgevlp.data import SHAPES
+    from edgevlp.zoo.blip_recipe import patch_shape_labels
+
+    square = SimpleNamespace(shape="square", box_xyxy=(0.0, 0.0, 16.0, 16.0))
+    star = SimpleNamespace(shape="star", box_xyxy=(8.0, 8.0, 24.0, 24.0))  # drawn after: on top
+    labels = patch_shape_labels([SimpleNamespace(objects=[square, star])], 32, 8).view(4, 4)
+    sq, st = 1 + SHAPES.index("square"), 1 + SHAPES.index("star")
+    assert labels.tolist() == [[sq, sq, 0, 0], [sq, st, st, 0], [0, st, st, 0], [0, 0, 0, 0]]
+    from edgevlp.zoo.train import train
+
+    out = train("demo-blip", steps=2, out=tmp_path / "b", tiny=True, batch_size=2, eval_n=2, progress=False)
+    from safetensors.torch import load_file
+
+    assert any("shape_probe" in k for k in load_file(str(out / ".train" / "model.safetensors")))
+    assert not any("shape_probe" in k for k in load_file(str(out / "model.safetensors")))
+    assert not hasattr(load_model(out).model, "shape_probe")

@@ -153,7 +153,7 @@ def apply(state: CompressState, cfg: DistillConfig) -> dict[str, Any]:
     settings = _training.TrainSettings(
         name=f"distill-{state.adapter.family}", steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
         warmup=max(1, min(100, steps // 10)), weight_decay=0.01, eval_every=steps, eval_n=32,
-        checkpoint_every=cfg.checkpoint_every or steps, threads=max(1, torch.get_num_threads()))
+        checkpoint_every=cfg.checkpoint_every or steps, threads=max(1, torch.get_num_threads()), bf16=cfg.bf16)
     ckpt = state.checkpoints
     state.adapter.model.train()
     with torch.no_grad():

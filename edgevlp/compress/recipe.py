@@ -208,6 +208,8 @@ class DistillConfig(_Config):
     batch_size: int = 16
     data: str = "shapes:train"
     checkpoint_every: int = 200
+    #: bfloat16 autocast for teacher and student forward passes (the losses are reduced in float32)
+    bf16: bool = False
 
     def _validate(self) -> None:
         self._range("temperature", "a number > 0 (typically 1..10)", self.temperature > 0)

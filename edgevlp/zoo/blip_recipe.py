@@ -1,4 +1,14 @@
-"""``demo-blip``: a small BLIP captioner trained from scratch on shape scenes (caption LM loss).
+"""``demo-blip``: a small BLIP captioner trained from scratch on shape scenes: the caption LM loss plus a
+per-patch shape probe on the vision encoder's output, dropped before the model is saved.
+
+Why the probe: with the LM loss alone the captioner learns colours first and shapes hardly at all: the
+shipped patch-16 model named the shape of 29 % of objects, and this recipe without the probe, after
+1,600 steps, had a cross-entropy of 1.79 nats on the shape words (a uniform guess over the 7 shapes is
+1.95; they were 44 % of the loss) and the right shape for 17 % of objects (one-to-one, 100 val scenes).
+The only path from a caption's shape word back to the pixels is the decoder's cross-attention. A linear
+head on every patch embedding, trained to tell the shape of the object whose box holds the patch centre
+(or background), gives the vision encoder the dense signal the detector gets from its boxes: with it,
+the same run had 53 % at step 1,600 (see the model card for the end of training).
 
 Example:
     >>> recipe = BlipRecipe()
@@ -13,7 +23,7 @@ import numpy as np
 import torch
 from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor
 
-from edgevlp.data import CAPTION_VOCAB, dataset
+from edgevlp.data import CAPTION_VOCAB, SHAPES, dataset
 from edgevlp.models._tokenizers import wordpiece_tokenizer
 from edgevlp.models.blip import BlipAdapter
 from edgevlp._training import Recipe, to_pixels, train_index
@@ -25,20 +35,41 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: (image size, patch, vision width x layers, text width x layers, heads, mlp ratio)
 _SIZES = {
-    False: dict(image=128, patch=16, vision=(192, 5), text=(192, 3), heads=3, mlp=4),
+    # patch 8 at 128 px (16x16 patches; patch 16's 8x8 grid named the colour of 96 % of objects but the
+    # shape of only 29 %): narrower vision layers keep the step affordable
+    False: dict(image=128, patch=8, vision=(128, 4), text=(192, 3), heads=4, mlp=4),
     True: dict(image=64, patch=16, vision=(32, 1), text=(32, 1), heads=2, mlp=2),
 }
 MAX_TOKENS = 48
+#: weight of the per-patch shape probe's cross-entropy beside the caption loss
+PROBE_WEIGHT = 1.0
+BACKGROUND_WEIGHT = 0.1
+
+
+def patch_shape_labels(scenes: list[Any], size: int, patch: int) -> torch.Tensor:
+    """``(batch, patches)`` int64: 1 + the index in SHAPES of the topmost object whose box holds each patch
+    centre (objects are drawn in list order, later ones on top), 0 for background."""
+    grid = size // patch
+    centres = (np.arange(grid) + 0.5) * patch
+    labels = np.zeros((len(scenes), grid, grid), np.int64)
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box_xyxy
+            rows = (centres >= y0) & (centres < y1)
+            cols = (centres >= x0) & (centres < x1)
+            labels[i][np.ix_(rows, cols)] = 1 + SHAPES.index(obj.shape)
+    return torch.from_numpy(labels.reshape(len(scenes), -1))
 
 
 class BlipRecipe(Recipe):
     name = "demo-blip"
     family = "blip"
-    defaults: ClassVar[dict[str, Any]] = dict(steps=1500, batch_size=32, lr=1e-3, warmup=150, eval_every=250,
-                                              eval_n=64, checkpoint_every=100)
+    defaults: ClassVar[dict[str, Any]] = dict(steps=3500, batch_size=32, lr=1e-3, warmup=200, eval_every=500,
+                                              eval_n=64, checkpoint_every=200, bf16=True)
 
     def __init__(self) -> None:
         self.image_size = 128
+        self.patch = 8
 
     def build(self, seed: int, tiny: bool) -> BlipAdapter:
         c = _SIZES[tiny]
@@ -60,6 +91,8 @@ class BlipRecipe(Recipe):
         config.architectures = [BlipAdapter.architecture]
         torch.manual_seed(seed)
         model = BlipForConditionalGeneration(config)
+        model.shape_probe = torch.nn.Linear(vw, len(SHAPES) + 1)  # training only: see finalize()
+        self.patch = c["patch"]
         processor = BlipImageProcessor(size={"height": c["image"], "width": c["image"]},
                                        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).to_dict()
         return BlipAdapter(model, processor_config=processor, tokenizer=tokenizer,
@@ -69,7 +102,8 @@ class BlipRecipe(Recipe):
         scenes = list(dataset("train", batch_size, size=self.image_size, start=train_index(step, batch_size, seed)))
         rng = np.random.default_rng([seed, step, 1])
         captions = [s.captions[int(rng.integers(len(s.captions)))] for s in scenes]
-        return {"pixel_values": to_pixels([s.image for s in scenes], CLIP_MEAN, CLIP_STD), "captions": captions}
+        return {"pixel_values": to_pixels([s.image for s in scenes], CLIP_MEAN, CLIP_STD), "captions": captions,
+                "patch_shapes": patch_shape_labels(scenes, self.image_size, self.patch)}
 
     def encode_captions(self, adapter: BlipAdapter, captions: list[str]) -> dict[str, torch.Tensor]:
         """``[DEC] words [SEP]`` padded with [PAD]; labels are the ids with padding masked out."""
@@ -83,7 +117,19 @@ class BlipRecipe(Recipe):
     def loss(self, adapter: BlipAdapter, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         text = self.encode_captions(adapter, batch["captions"])
         out = adapter.model(pixel_values=batch["pixel_values"], **text)
-        return out.loss, {}
+        probe = adapter.model.shape_probe(out.image_embeds[:, 1:])  # the patches, not the CLS token
+        weight = torch.ones(probe.shape[-1], device=probe.device)
+        weight[0] = BACKGROUND_WEIGHT  # ~89 % of the patches are background
+        shape_loss = torch.nn.functional.cross_entropy(probe.float().flatten(0, 1), batch["patch_shapes"].flatten(),
+                                                       weight=weight)
+        caption_loss = out.loss.float()
+        return caption_loss + PROBE_WEIGHT * shape_loss, {"caption": round(float(caption_loss.detach()), 4),
+                                                          "probe": round(float(shape_loss.detach()), 4)}
+
+    def finalize(self, adapter: BlipAdapter) -> None:
+        """Drop the shape probe: the saved model is a plain ``BlipForConditionalGeneration``."""
+        if hasattr(adapter.model, "shape_probe"):
+            del adapter.model.shape_probe
 
     def quick_eval(self, adapter: BlipAdapter, n: int) -> dict[str, float]:
         from edgevlp.eval.metrics import caption_scores

@@ -7,6 +7,11 @@ colour-shape phrases (the negatives of each object) plus the one-word queries ("
 "triangle"), which are positive for every object of that colour / shape and help the two be learned
 apart. Held-out pairs are never queried in training, so their detection is compositional.
 
+Size and schedule (issue #15's measured run): 128 px at patch 8 (a 16x16 grid; patch 16's 8x8 grid was
+too coarse for small shapes), vision 128 x 4 layers, text 128 x 2, lr 5e-4 with warm-up then cosine,
+the class head's logit shift -0.3 and scale bias 9.0 (logits start near -3, as the focal loss expects),
+bfloat16 autocast for the forward pass (2.1x the images/s of float32 on this CPU).
+
 transformers 4.57 notes: ``OwlViTForObjectDetection`` never calls ``post_init`` on its heads, so the
 last box layer is zeroed (boxes start at their patch) and the logits start near -3; the text model
 pools at ``argmax(input_ids)`` (EOS has the highest id) and pads with id 0.
@@ -31,7 +36,9 @@ __all__ = ["OwlViTRecipe", "forward_detector"]
 _WORDS = (*COLOURS, *SHAPES, *SIZES, "a", "an", "shape", "object")
 
 _SIZES = {
-    False: dict(image=128, patch=16, vision=(192, 6), text=(128, 2), heads=3, mlp=4),
+    # patch 8 at 128 px: a 16x16 grid of 256 patches (patch 16 gave 8x8, too coarse for small shapes);
+    # narrower and shallower than before, so it trains ~2x more images per second (issue #15's facts)
+    False: dict(image=128, patch=8, vision=(128, 4), text=(128, 2), heads=4, mlp=4),
     True: dict(image=64, patch=16, vision=(32, 1), text=(32, 1), heads=2, mlp=2),
 }
 MAX_TEXT = 8
@@ -55,8 +62,8 @@ def forward_detector(adapter: OwlViTAdapter, pixel_values: torch.Tensor, query_i
 class OwlViTRecipe(Recipe):
     name = "demo-owlvit"
     family = "owlvit"
-    defaults: ClassVar[dict[str, Any]] = dict(steps=1600, batch_size=32, lr=1e-3, warmup=150, eval_every=400,
-                                              eval_n=64, checkpoint_every=100)
+    defaults: ClassVar[dict[str, Any]] = dict(steps=8000, batch_size=32, lr=5e-4, warmup=300, eval_every=1000,
+                                              eval_n=64, checkpoint_every=200, bf16=True)
 
     def __init__(self) -> None:
         self.image_size = 128
@@ -88,9 +95,9 @@ class OwlViTRecipe(Recipe):
             last.bias.zero_()
             head = model.class_head
             head.logit_shift.weight.zero_()
-            head.logit_shift.bias.fill_(-1.5)
+            head.logit_shift.bias.fill_(-0.3)
             head.logit_scale.weight.zero_()
-            head.logit_scale.bias.fill_(1.0)  # elu(1) + 1 = 2: logits start at 2 * (sim - 1.5), ~ -3
+            head.logit_scale.bias.fill_(9.0)  # elu(9) + 1 = 10: logits start at 10 * (sim - 0.3), ~ -3
         processor = OwlViTImageProcessor(size={"height": c["image"], "width": c["image"]},
                                          crop_size={"height": c["image"], "width": c["image"]},
                                          image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).to_dict()
@@ -113,7 +120,7 @@ class OwlViTRecipe(Recipe):
     def loss(self, adapter: OwlViTAdapter, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = self._queries(adapter)
         logits, boxes = forward_detector(adapter, batch["pixel_values"], ids, mask)
-        return set_loss(logits, boxes, batch["targets"])
+        return set_loss(logits.float(), boxes.float(), batch["targets"])  # the loss in float32 (bf16 autocast)
 
     def quick_eval(self, adapter: OwlViTAdapter, n: int) -> dict[str, float]:
         from edgevlp.eval.evaluate import detect_scenes_torch
