@@ -446,7 +446,7 @@ VERBS: tuple[Verb, ...] = (
          "  edgevlp zoo\n"
          "  edgevlp zoo train demo-blip --steps 1500 --out out/demo-blip\n"
          "  edgevlp zoo train demo-owlvit --out out/demo-owlvit --resume\n"
-         "  edgevlp zoo train demo-owlvit --minutes 30 --device cuda --out out/demo-owlvit",
+         "  edgevlp zoo train demo-owlvit --minutes 30 --out out/demo-owlvit    # add --device cuda on a GPU",
          _zoo_args, _run_zoo),
 )
 
