@@ -11,6 +11,7 @@ import torch
 
 from edgevlp.bundle import read_manifest
 from edgevlp.errors import BackendUnavailableError, BundleError, InputError
+from edgevlp.eval.metrics import box_iou
 from edgevlp.models import load_model
 from edgevlp.runtime import Caption, Captioner, Detections, Detector, load
 
@@ -80,7 +81,7 @@ def test_detect_a_real_frame_maps_boxes_to_the_frame(exported, photos_bgr) -> No
         boxes = result.boxes_xyxy[result.labels == label]
         for i in range(len(boxes)):
             for j in range(i + 1, len(boxes)):
-                assert _iou(boxes[i], boxes[j]) <= 0.5 + 1e-6
+                assert box_iou(boxes[i], boxes[j]) <= 0.5 + 1e-6
 
 
 def _threshold_in_widest_gap(scores: np.ndarray) -> float:
@@ -90,13 +91,6 @@ def _threshold_in_widest_gap(scores: np.ndarray) -> float:
     lo, hi = len(s) // 4, 3 * len(s) // 4
     k = lo + int(np.argmax(np.diff(s[lo:hi + 1])))
     return float(s[k] + s[k + 1]) / 2
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 BAD_FRAMES = {

@@ -12,17 +12,13 @@ import torch
 
 from edgevlp.cli import main
 from edgevlp.data import dataset, parse_caption
+from edgevlp.eval.metrics import box_iou
 from edgevlp.models import ZOO_DIR, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 
 SHIPPED = ("demo-blip", "demo-owlvit")
 
-
-def _iou(a, b) -> float:
-    lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
-    inter = np.prod(np.clip(rb - lt, 0, None))
-    return float(inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -69,7 +65,7 @@ def test_demo_owlvit_finds_a_prompted_object() -> None:
     for scene in scenes:
         target = scene.objects[0]
         record = detect_scenes_torch(adapter, [scene], [target.phrase], progress=False)[0]
-        assert _iou(record.boxes[0], np.asarray(target.box_xyxy)) >= 0.5, (scene.seed, target.phrase)
+        assert box_iou(record.boxes[0], np.asarray(target.box_xyxy)) >= 0.5, (scene.seed, target.phrase)
 
 
 @pytest.mark.slow

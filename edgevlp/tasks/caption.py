@@ -25,13 +25,12 @@ class CaptionTask(Task):
     runtime_class = "edgevlp.runtime.captioner:Captioner"
     app_slot = "captioner"
     metric = "cider"
-    card_metrics = ("bleu4", "cider", "bleu1", "shape_accuracy", "colour_accuracy", "pair_accuracy",
-                    "extra_mentions", "colour_recall", "shape_recall", "pair_recall")
     metric_labels = (("bleu4", "BLEU-4"), ("cider", "CIDEr"), ("bleu1", "BLEU-1"),
                      ("shape_accuracy", "shape right per object"), ("colour_accuracy", "colour right per object"),
                      ("pair_accuracy", "colour+shape right per object"), ("extra_mentions", "extra mentions"),
                      ("colour_recall", "colour recall"), ("shape_recall", "shape recall"),
                      ("pair_recall", "colour+shape recall"))
+    card_metrics = tuple(key for key, _ in metric_labels)  # the card shows them in the same order
     metric_note = ("BLEU-4 and CIDEr-D from pycocoevalcap's scorers on simple lower-case whitespace "
                    "tokenisation (its Java PTB tokenizer is not used), greedy decoding, 3-5 "
                    "references per image. The recalls are the share of objects whose colour, shape "

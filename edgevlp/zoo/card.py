@@ -72,14 +72,15 @@ def read_card_data(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+#: what a card keeps of an eval result beside the task's metrics (``metric_labels``)
+_CARD_EXTRA = frozenset({"bleu2", "bleu3", "heldout_pairs", "n_images", "seconds"})
+
+
 def record_eval(model_dir: str | os.PathLike[str], result: dict[str, Any]) -> None:
     """Store an :func:`edgevlp.eval.evaluate` result under ``metrics[data]`` and re-render the card."""
     data = read_card_data(model_dir)
-    keep = {k: v for k, v in result.items() if k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "map",
-                                                     "map50", "map75", "heldout_pairs", "n_images", "seconds",
-                                                     "colour_recall", "shape_recall", "pair_recall",
-                                                     "colour_accuracy", "shape_accuracy", "pair_accuracy",
-                                                     "extra_mentions")}
+    task = get_task(result["task"])
+    keep = {k: v for k, v in result.items() if k in {key for key, _ in task.metric_labels} | _CARD_EXTRA}
     data.setdefault("metrics", {})[result["data"]] = keep
     write_card(model_dir, data)
 
