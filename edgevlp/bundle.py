@@ -31,6 +31,7 @@ from typing import Any
 from edgevlp._io import read_json_object
 from edgevlp.errors import BundleError
 from edgevlp.targets import PRECISIONS, TARGETS, graph_formats
+from edgevlp.tasks import TASKS as _TASK_TABLE
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TENSORRT_ENGINE", "TensorSpec", "GraphSpec",
            "Manifest", "read_manifest", "verify_files", "file_digest", "atomic_directory", "sibling_tempdir",
@@ -41,7 +42,7 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 #: Key of a TensorRT engine in ``GraphSpec.engines`` (written by the exporter and by ``add-engines``).
 TENSORRT_ENGINE = "tensorrt"
-TASKS = ("caption", "detect")
+TASKS = tuple(_TASK_TABLE)  # the task registry's names (edgevlp.tasks)
 DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8", "int8")
 
 

@@ -7,6 +7,7 @@ boxes and objectness, for two prompt sets. Every output's max abs difference is 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,8 @@ from edgevlp.runtime.tokenizer import BundleTokenizer
 from edgevlp.spec import PreprocessSpec
 from edgevlp.tasks import get_task
 
-__all__ = ["PROMPT_SETS", "parity_photos", "parity_pixels", "check_parity", "captioner_parity", "detector_parity"]
+__all__ = ["PROMPT_SETS", "parity_photos", "parity_pixels", "check_parity", "captioner_parity", "detector_parity",
+           "assistant_parity"]
 
 PROMPT_SETS = (["a photo of a cat", "red circle"], ["blue square", "a small green triangle", "dog"])
 PHOTOS = ("astronaut", "coffee")
@@ -122,6 +124,39 @@ def detector_parity(adapter: DetectorAdapter, model: Detector, pixels: np.ndarra
         if "objectness_logits" in ref:
             diffs.add("objectness_logits", heads["objectness_logits"], ref["objectness_logits"].numpy())
     return {"prompt_sets": [list(p) for p in PROMPT_SETS]}
+
+
+def assistant_parity(adapter: Any, model: Any, diffs: _Diffs, new_tokens: int) -> dict[str, Any]:
+    """Per parity photo, with the bundle's image splitting (several tiles) and without it (one image):
+    the vision graph on the processor's own tiles against the model's image features, the runtime's
+    prompt ids against the processor's, and the greedy answer (runtime preprocessing end to end)
+    against transformers ``generate``, for the default prompt and one question."""
+    from edgevlp.runtime.vlm_processing import split_image
+    from edgevlp.tasks.vqa import PARITY_QUESTION
+
+    splittings = (True, False) if model.split_spec.do_image_splitting else (False,)
+    cases, identical, prompts_identical = [], True, True
+    for name, rgb in parity_photos().items():
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        for split, question in zip(splittings, (adapter.default_prompt, PARITY_QUESTION)):
+            ref = adapter.reference_inputs(rgb, question, split)
+            mask = ref["pixel_attention_mask"]
+            got = model.vision.run({"pixel_values": ref["pixel_values"].numpy(),
+                                    "pixel_attention_mask": mask.numpy().astype(bool)})["image_features"]
+            diffs.add("image_features", got, adapter.forward(ref["pixel_values"], pixel_attention_mask=mask)
+                      ["image_features"].numpy())
+            answer = model.ask(bgr, question, max_new_tokens=new_tokens, image_splitting=split)
+            ref_ids = adapter.answer_ids(rgb, question, new_tokens, splitting=split)[0].tolist()
+            spec = dataclasses.replace(model.split_spec, do_image_splitting=split)
+            tiles = split_image(bgr, spec)
+            same_prompt = model.prompt_ids(question, tiles.rows, tiles.cols) == ref["input_ids"][0].tolist()
+            prompts_identical &= same_prompt
+            identical &= answer.token_ids == ref_ids
+            cases.append({"image": name, "image_splitting": split, "images": answer.images, "question": question,
+                          "prompt_tokens": answer.prompt_tokens, "source_token_ids": ref_ids,
+                          "exported_token_ids": answer.token_ids})
+    return {"greedy_new_tokens": new_tokens, "greedy_tokens_identical": identical,
+            "prompt_ids_identical": prompts_identical, "cases": cases}
 
 
 def check_parity(adapter: ModelAdapter, manifest: Manifest, *, atol: float, rtol: float,

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 __all__ = ["TINY_WORDS", "wordpiece_tokenizer", "byte_bpe_tokenizer", "clip_like_tokenizer", "bert_tokenizer",
-           "gpt2_tokenizer", "clip_tokenizer"]
+           "gpt2_tokenizer", "clip_tokenizer", "smolvlm_tokenizer", "SMOLVLM_IMAGE_TOKENS"]
 
 TINY_WORDS: tuple[str, ...] = tuple(
     "a an the of and on in with to left right above below next photo picture small large "
@@ -188,3 +188,47 @@ def clip_tokenizer(vocab_size: int = 49408, words: Iterable[str] = TINY_WORDS) -
     tok.decoder = decoders.WordPiece()
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=sot, eos_token=eot, pad_token="!",
                                    unk_token=eot)
+
+
+#: SmolVLM / Idefics3 image tokens, in the order they follow the text vocabulary (SmolVLM-256M/500M:
+#: <global-img> 49152, <row_1_col_1>..<row_6_col_6> 49153-49188, <fake_token_around_image> 49189,
+#: <image> 49190; <end_of_utterance> is the last id, 49279).
+SMOLVLM_IMAGE_TOKENS: tuple[str, ...] = ("<global-img>", *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
+                                         "<fake_token_around_image>", "<image>")
+
+
+def smolvlm_tokenizer(vocab_size: int = 49280, text_vocab: int = 49152,
+                      words: Iterable[str] = TINY_WORDS) -> PreTrainedTokenizerFast:
+    """SmolLM2's byte-level BPE layout as SmolVLM extends it: ``<|endoftext|>`` 0, ``<|im_start|>`` 1 (bos),
+    ``<|im_end|>`` 2 (pad), merges learnt from ``words`` and fillers up to ``text_vocab``, then
+    :data:`SMOLVLM_IMAGE_TOKENS`, fillers, and ``<end_of_utterance>`` = vocab-1 (the end of a turn).
+
+    Example:
+        >>> tok = smolvlm_tokenizer()
+        >>> tok.convert_tokens_to_ids(["<image>", "<end_of_utterance>", "<|im_start|>"])
+        [49190, 49279, 1]
+    """
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    if text_vocab + len(SMOLVLM_IMAGE_TOKENS) + 1 > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} cannot hold {text_vocab} text tokens and the image tokens")
+    words = [w.lower() for w in words]
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=min(text_vocab, 4096), special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trained.train_from_iterator([" ".join(words), *(f"User: is there a {w}? Assistant: a {w}" for w in words)],
+                                trainer=trainer)
+    state = json.loads(trained.to_str())["model"]
+    learnt = sorted(state["vocab"], key=state["vocab"].get)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    text = _fill(learnt, text_vocab, "[unused{}]")
+    added = [*SMOLVLM_IMAGE_TOKENS]
+    tokens = _fill(text + added, vocab_size - 1, "<extra_{}>") + ["<end_of_utterance>"]
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([*specials, *added, "<end_of_utterance>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>",
+                                   additional_special_tokens=["<fake_token_around_image>", "<image>",
+                                                              "<end_of_utterance>"])

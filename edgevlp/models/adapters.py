@@ -22,6 +22,8 @@ ADAPTERS: dict[str, str] = {
     "VisionEncoderDecoderModel": "edgevlp.models.vision_encoder_decoder:VisionEncoderDecoderAdapter",
     "OwlViTForObjectDetection": "edgevlp.models.owlvit:OwlViTAdapter",
     "Owlv2ForObjectDetection": "edgevlp.models.owlvit:Owlv2Adapter",
+    "SmolVLMForConditionalGeneration": "edgevlp.models.smolvlm:SmolVLMAdapter",
+    "Idefics3ForConditionalGeneration": "edgevlp.models.smolvlm:Idefics3Adapter",
 }
 
 

@@ -20,7 +20,7 @@ from edgevlp._io import read_json_object
 from edgevlp.errors import ModelLoadError
 from edgevlp.spec import PreprocessSpec
 
-__all__ = ["PartSpec", "ModelAdapter", "CaptionerAdapter", "DetectorAdapter"]
+__all__ = ["PartSpec", "ModelAdapter", "CaptionerAdapter", "DetectorAdapter", "AssistantAdapter"]
 
 PROCESSOR_FILE = "preprocessor_config.json"
 
@@ -320,6 +320,75 @@ class CaptionerAdapter(ModelAdapter):
 
     def _extra_summary(self) -> dict[str, Any]:
         return {"generation": self.generation_settings()}
+
+
+class AssistantAdapter(ModelAdapter):
+    """An LLM-based VLM that answers a prompt about an image (task ``vqa``): a vision encoder whose
+    features replace the image tokens of the prompt's embeddings, and a decoder-only language model with
+    a (grouped-query) KV cache. Captioning is the same call with :attr:`default_prompt`."""
+
+    task = "vqa"
+    default_prompt: ClassVar[str] = "Describe this image briefly."
+
+    @abstractmethod
+    def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor) -> torch.Tensor:
+        """The vision graph: ``(batch, images, 3, T, T)`` tiles + ``(batch, images, T, T)`` pixel mask ->
+        ``(batch * images, image_seq_len, text_hidden)`` features, exactly as ``generate`` merges them."""
+
+    @abstractmethod
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> the language model's input embeddings."""
+
+    @abstractmethod
+    def decoder_call(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                     position_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        """The language model on embeddings with a ``DynamicCache``: ``(logits, updated cache)``."""
+
+    @abstractmethod
+    def kv_layout(self) -> tuple[int, int, int]:
+        """``(num_layers, num_key_value_heads, head_dim)`` of the decoder's KV cache."""
+
+    @abstractmethod
+    def prompt_settings(self) -> dict[str, Any]:
+        """What the runtime needs to build a prompt: chat template, image tokens and ids, image_seq_len,
+        the image splitting settings (the processor config)."""
+
+    @abstractmethod
+    def processor(self) -> Any:
+        """The transformers processor a user would call (the reference of parity and bench)."""
+
+    @abstractmethod
+    def generation_settings(self) -> dict[str, Any]:
+        """eos (end of turn) and pad token ids and the longest context."""
+
+    def reference_inputs(self, rgb: Any, question: str, splitting: bool | None = None) -> dict[str, torch.Tensor]:
+        """What the transformers processor gives for one RGB uint8 image and a question (the chat
+        template applied, one user turn, generation prompt added); ``splitting`` overrides the
+        processor's ``do_image_splitting``."""
+        proc = self.processor()
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = proc.apply_chat_template(messages, add_generation_prompt=True)
+        extra = {} if splitting is None else {"do_image_splitting": bool(splitting)}
+        inputs = dict(proc(text=text, images=[[rgb]], return_tensors="pt", **extra))
+        inputs.pop("token_type_ids", None)  # the tokenizer's, not a model input
+        return inputs
+
+    def answer_ids(self, rgb: Any, question: str, max_new_tokens: int = 20, *, splitting: bool | None = None,
+                   **kwargs: Any) -> torch.Tensor:
+        """The answer's token ids from transformers ``generate`` (greedy by default; the prompt stripped)."""
+        inputs = self.reference_inputs(rgb, question, splitting)
+        settings = {"do_sample": False, "num_beams": 1, **kwargs}
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **settings)
+        return out[:, inputs["input_ids"].shape[1]:]
+
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.vision_model
+
+    def _extra_summary(self) -> dict[str, Any]:
+        settings = self.prompt_settings()
+        return {"generation": self.generation_settings(),
+                "prompt": {k: settings[k] for k in ("image_seq_len", "image_token") if k in settings}}
 
 
 class DetectorAdapter(ModelAdapter):

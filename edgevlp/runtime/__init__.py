@@ -14,10 +14,11 @@ Example:
 
 from __future__ import annotations
 
+from edgevlp.runtime.assistant import Assistant
 from edgevlp.runtime.captioner import Captioner
 from edgevlp.runtime.detector import Detector
 from edgevlp.runtime.loader import load
 from edgevlp.runtime.preprocess import normalize, normalize_reference
-from edgevlp.runtime.results import Caption, Detections
+from edgevlp.runtime.results import Answer, Caption, Detections
 
-__all__ = ["load", "Captioner", "Detector", "Caption", "Detections", "normalize", "normalize_reference"]
+__all__ = ["load", "Captioner", "Detector", "Assistant", "Caption", "Detections", "Answer", "normalize", "normalize_reference"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Caption", "Detections", "Timings"]
+__all__ = ["Caption", "Detections", "Answer", "Timings"]
 
 Timings = dict  # stage -> milliseconds: preprocess, encode, decode, postprocess
 
@@ -17,6 +17,20 @@ class Caption:
 
     text: str
     token_ids: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A VLM's answer: decoded ``text``, the answer's ``token_ids`` (the prompt stripped, eos included when
+    reached), the prompt's length in tokens, the number of images (tiles + global) its vision graph saw,
+    and ``timings`` in ms: preprocess, encode (vision), prefill (time to the first token after encode),
+    decode, decode_per_token."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int = 0
+    images: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -30,6 +30,7 @@ __all__ = ["TASKS", "Task", "get_task", "known_tasks"]
 TASKS: dict[str, str] = {
     "caption": "edgevlp.tasks.caption:CAPTION",
     "detect": "edgevlp.tasks.detect:DETECT",
+    "vqa": "edgevlp.tasks.vqa:VQA",
 }
 
 

@@ -1,0 +1,202 @@
+"""Visual question answering from a bundle (LLM-based VLMs such as SmolVLM), torch-free.
+
+Per call: the frame is split into tiles + a global image as the model's processor does
+(:mod:`edgevlp.runtime.vlm_processing`), the chat template of the bundle is rendered around the question
+and its ``<image>`` placeholder expanded; the vision graph encodes every tile once, ``embed_tokens`` embeds
+the prompt and the image features replace the embeddings of its image tokens; the decoder runs the whole
+prompt once (prefill: the time to the first token), then one token at a time on its grouped-query KV
+cache. Greedy decoding gives the tokens transformers ``generate(do_sample=False)`` gives (export parity
+checks it); sampling (temperature, top-k, top-p) is seeded with numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from edgevlp.bundle import Manifest
+from edgevlp.errors import InputError
+from edgevlp.runtime.backends import GraphSession
+from edgevlp.runtime.base import BundleModel, check_frame
+from edgevlp.runtime.generation import apply_repetition_penalty
+from edgevlp.runtime.results import Answer
+from edgevlp.runtime.tokenizer import BundleTokenizer
+
+__all__ = ["Assistant"]
+
+
+class Assistant(BundleModel):
+    """``ask(frame, question)`` with the bundle's vision encoder, token embeddings and KV-cache decoder.
+
+    Example:
+        >>> from edgevlp.runtime import load
+        >>> vlm = load("bundles/smolvlm-cpu")                               # doctest: +SKIP
+        >>> vlm.ask(frame_bgr, "Is anyone at the door?").text                # doctest: +SKIP
+        >>> vlm.ask(frame_bgr, "What is this?", do_sample=True, temperature=0.7, seed=1)  # doctest: +SKIP
+    """
+
+    def __init__(self, manifest: Manifest, sessions: Mapping[str, GraphSession],
+                 tokenizer: BundleTokenizer) -> None:
+        from edgevlp.runtime.vlm_processing import ChatTemplate, ImageSplitSpec
+
+        super().__init__(manifest, tokenizer)
+        self.vision = sessions["vision_encoder"]
+        self.embed = sessions["embed_tokens"]
+        self.decoder = sessions["decoder"]
+        self.generation: dict[str, Any] = dict(manifest.generation)
+        prompt = self.generation["prompt"]
+        self.prompt: dict[str, Any] = dict(prompt)
+        self.split_spec = ImageSplitSpec.from_dict(prompt["image_splitting"])
+        self.template = ChatTemplate(prompt["chat_template"])
+        self.image_token_id = int(prompt["image_token_id"])
+        self._past = [t for t in self.decoder.graph.inputs if t.name.startswith("past_key_values")]
+        self._present = [t.name for t in self.decoder.graph.outputs if t.name.startswith("present")]
+
+    # ------------------------------------------------------------------------------ pipeline
+    def prompt_ids(self, question: str, rows: int, cols: int) -> list[int]:
+        """Token ids of the rendered chat prompt for one image split into ``rows`` x ``cols`` tiles."""
+        from edgevlp.runtime.vlm_processing import expand_image_tokens
+
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = self.template.render(messages, add_generation_prompt=True)
+        text = expand_image_tokens(text, rows, cols, image_seq_len=int(self.prompt["image_seq_len"]),
+                                   image_token=self.prompt["image_token"], fake_token=self.prompt["fake_token"],
+                                   global_token=self.prompt["global_token"])
+        return list(self.tokenizer.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def prefill_embeddings(self, ids: list[int], features: np.ndarray) -> np.ndarray:
+        """``(1, len(ids), hidden)`` prompt embeddings with the image features over its image tokens."""
+        embeds = self.embed.run({"input_ids": np.asarray([ids], np.int64)})["inputs_embeds"]
+        where = np.flatnonzero(np.asarray(ids) == self.image_token_id)
+        flat = features.reshape(-1, features.shape[-1])
+        if where.size != flat.shape[0]:
+            raise InputError(f"the prompt has {where.size} image tokens but the image gave {flat.shape[0]} "
+                             "features; the bundle's image_seq_len or chat template does not match its model")
+        embeds[0, where] = flat
+        return embeds
+
+    def _step(self, embeds: np.ndarray, cache: dict[str, np.ndarray], length: int) -> np.ndarray:
+        """Run the decoder on ``embeds`` after ``length`` cached positions; grows ``cache`` in place."""
+        n = embeds.shape[1]
+        feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, length + n), np.int64),
+                 "position_ids": np.arange(length, length + n, dtype=np.int64)[None], **cache}
+        out = self.decoder.run(feeds)
+        for past, present in zip(self._past, self._present):
+            cache[past.name] = out[present]
+        return out["logits"][:, -1, :]
+
+    def ask(self, frame: np.ndarray, question: str | None = None, *, max_new_tokens: int | None = None,
+            min_new_tokens: int = 0, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+            top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
+            image_splitting: bool | None = None, stream: Callable[[str], None] | None = None) -> Answer:
+        """Answer ``question`` (default: the bundle's captioning prompt) about one BGR uint8 frame.
+
+        Greedy unless ``do_sample``; ``temperature`` / ``top_k`` / ``top_p`` shape the sampling
+        distribution as transformers' warpers do, ``seed`` makes it repeatable. ``stream`` receives the
+        answer's text as it grows (each new piece, decoded with the tokens before it).
+        ``image_splitting=False`` encodes only the global image (one vision call instead of rows x cols
+        + 1: faster, less detail); None keeps the bundle's processor setting. The answer holds
+        only the new tokens (the prompt stripped), eos included when reached.
+
+        Example:
+            >>> vlm.ask(frame_bgr, "How many people?", max_new_tokens=8, stream=print)   # doctest: +SKIP
+        """
+        check_frame(frame, "ask()")
+        question = self.prompt.get("default_prompt", "") if question is None else question
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("ask() takes a non-empty question string (or none: the bundle's default prompt)")
+        max_new = int(self.generation.get("max_new_tokens", 64) if max_new_tokens is None else max_new_tokens)
+        _check_sampling(max_new, min_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        from edgevlp.runtime.vlm_processing import split_image
+
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        spec = self.split_spec if image_splitting is None else \
+            dataclasses.replace(self.split_spec, do_image_splitting=bool(image_splitting))
+        split = split_image(frame, spec)
+        ids = self.prompt_ids(question, split.rows, split.cols)
+        t1 = time.perf_counter()
+        features = self.vision.run({"pixel_values": split.pixel_values,
+                                    "pixel_attention_mask": split.pixel_attention_mask})["image_features"]
+        t2 = time.perf_counter()
+        cache = {t.name: np.zeros((1, int(t.shape[1]), 0, int(t.shape[3])), np.float32) for t in self._past}
+        logits = self._step(self.prefill_embeddings(ids, features), cache, 0)
+        t3 = time.perf_counter()
+        eos = self.generation.get("eos_token_id")
+        stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        rng = np.random.default_rng(seed)
+        seen = list(ids)
+        answer: list[int] = []
+        shown = ""
+        while True:
+            scores = logits.astype(np.float32, copy=True)
+            if repetition_penalty != 1.0:
+                apply_repetition_penalty(scores, np.asarray([seen]), repetition_penalty)
+            if len(answer) < min_new_tokens and stops:
+                scores[:, sorted(stops)] = -np.inf
+            token = _sample(scores[0], temperature, top_k, top_p, rng) if do_sample else int(scores[0].argmax())
+            answer.append(token)
+            seen.append(token)
+            if stream is not None:
+                text = self.tokenizer.decode(answer)
+                if text != shown:
+                    stream(text[len(shown):] if text.startswith(shown) else text)
+                    shown = text
+            if token in stops or len(answer) >= max_new:
+                break
+            embeds = self.embed.run({"input_ids": np.asarray([[token]], np.int64)})["inputs_embeds"]
+            logits = self._step(embeds, cache, len(seen) - 1)
+        t4 = time.perf_counter()
+        timings.update(preprocess=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3, prefill=(t3 - t2) * 1e3,
+                       decode=(t4 - t3) * 1e3)
+        if len(answer) > 1:
+            timings["decode_per_token"] = (t4 - t3) * 1e3 / (len(answer) - 1)
+        return Answer(text=self.tokenizer.decode(answer), token_ids=answer, prompt_tokens=len(ids),
+                      images=int(split.pixel_values.shape[1]), timings=timings)
+
+    def caption(self, frame: np.ndarray, **generation: Any) -> Answer:
+        """:meth:`ask` with the bundle's default (captioning) prompt."""
+        return self.ask(frame, None, **generation)
+
+
+def _check_sampling(max_new: int, min_new: int, temperature: float, top_k: int, top_p: float,
+                    penalty: float) -> None:
+    problems = []
+    if not isinstance(max_new, int) or max_new < 1:
+        problems.append(f"max_new_tokens must be an int >= 1 (got {max_new!r})")
+    if not isinstance(min_new, int) or min_new < 0:
+        problems.append(f"min_new_tokens must be an int >= 0 (got {min_new!r})")
+    if not temperature > 0:
+        problems.append(f"temperature must be > 0 (got {temperature!r}); use do_sample=False for greedy")
+    if not isinstance(top_k, int) or top_k < 0:
+        problems.append(f"top_k must be an int >= 0, 0 = off (got {top_k!r})")
+    if not 0 < top_p <= 1:
+        problems.append(f"top_p must be in (0, 1] (got {top_p!r})")
+    if not penalty > 0:
+        problems.append(f"repetition_penalty must be > 0 (got {penalty!r})")
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+def _sample(scores: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> int:
+    """One token from ``softmax(scores / temperature)`` restricted as transformers' TopK and TopP warpers
+    restrict it (top-k first, then the smallest set whose probability reaches ``top_p``)."""
+    logits = scores.astype(np.float64) / temperature
+    if top_k:
+        kth = np.sort(logits)[-min(top_k, logits.size)]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    if top_p < 1.0:
+        order = np.argsort(probs, kind="stable")  # ascending, as TopPLogitsWarper
+        cumulative = np.cumsum(probs[order])
+        drop = order[cumulative <= 1 - top_p]
+        if drop.size == probs.size:
+            drop = drop[:-1]  # always keep the most likely token
+        probs[drop] = 0.0
+        probs /= probs.sum()
+    return int(rng.choice(probs.size, p=probs))
