@@ -24,6 +24,12 @@ MB = 1e6
 #: - owlvit-b32 613 MB (google/owlvit-base-patch32/tree/main), owlvit-b16 611 MB
 #:   (google/owlvit-base-patch16/tree/10e8424), owlv2-b16 620 MB
 #:   (google/owlv2-base-patch16-ensemble/tree/7c77fc1).
+#: - smolvlm-256m: 256,484,928 parameters counted on the loaded checkpoint (a DocVQA baseline's log, "SmolVLM-256M
+#:   ... params 256484928", found with find_string), and the same count beside a 513,028,808-byte bf16
+#:   model.safetensors for docling-project/SmolDocling-256M-preview (SmolVLM-256M-Instruct fine-tuned, same
+#:   shapes); the LM head is untied (49280 x 576 of it).
+#: - smolvlm-500m: 507 M in a model table ("HuggingFaceTB/SmolVLM-500M-Instruct | 507M"); mlx-vlm prints
+#:   "507.48M total" for SmolVLM2-500M, the same shapes.
 #: The issue's own figures agree: BLIP-base 224 M, OWL-ViT B/32 153 M.
 _TIED_LM_HEAD = 30524 * 768
 REAL_PARAMETERS = {
@@ -33,6 +39,8 @@ REAL_PARAMETERS = {
     "owlvit-b32": 613 * MB / 4,
     "owlvit-b16": 611 * MB / 4,
     "owlv2-b16": 620 * MB / 4,
+    "smolvlm-256m": 256_484_928,
+    "smolvlm-500m": 507.48 * MB,
 }
 
 
@@ -55,6 +63,9 @@ def test_parameter_count_matches_the_real_checkpoint(name: str) -> None:
                      "[ENC]": 30523}),
     ("gpt2", 50257, {"<|endoftext|>": 50256}),
     ("clip", 49408, {"!": 0, "<|startoftext|>": 49406, "<|endoftext|>": 49407}),
+    ("smolvlm", 49280, {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<global-img>": 49152,
+                        "<row_1_col_1>": 49153, "<row_6_col_6>": 49188, "<fake_token_around_image>": 49189,
+                        "<image>": 49190, "<end_of_utterance>": 49279}),
 ])
 def test_tokenizers_have_the_real_layout(kind: str, size: int, ids: dict[str, int]) -> None:
     from edgevlp._lazy import import_object
@@ -68,7 +79,7 @@ def test_tokenizers_have_the_real_layout(kind: str, size: int, ids: dict[str, in
         assert enc and all(0 <= i < size for i in enc)
         if kind == "clip":  # OWL pools at argmax(input_ids): the end-of-text token
             assert enc[0] == 49406 and enc[-1] == 49407 and enc.index(max(enc)) == len(enc) - 1
-        if kind != "gpt2":  # byte-level BPE has no unknown token at all
+        if kind not in ("gpt2", "smolvlm"):  # byte-level BPE has no unknown token at all
             assert tok.unk_token_id not in enc[1:-1]
     assert tok.decode([5, 500, size - 3])  # any id decodes (random weights emit any id)
 
@@ -84,6 +95,24 @@ def test_preset_ids_and_processor_agree_with_the_tokenizer(name: str) -> None:
     if preset.tokenizer == "bert":
         assert (text["bos_token_id"], text["sep_token_id"], text["pad_token_id"]) == (30522, 102, 0)
         assert cfg["vision_config"]["initializer_range"] == 0.02
+    elif preset.tokenizer == "smolvlm":
+        from edgevlp._lazy import import_object
+
+        tok = import_object(presets.TOKENIZERS["smolvlm"])(preset.vocab_size)
+        ids = tok.convert_tokens_to_ids
+        assert cfg["image_token_id"] == ids("<image>") == 49190
+        assert preset.generation["eos_token_id"] == text["eos_token_id"] == ids("<end_of_utterance>") == 49279
+        assert preset.generation["pad_token_id"] == cfg["pad_token_id"] == ids("<|im_end|>") == 2
+        assert preset.generation["bos_token_id"] == tok.bos_token_id == 1
+        assert cfg["tie_word_embeddings"] is False and text["tie_word_embeddings"] is False
+        assert text["num_attention_heads"] * text["head_dim"] == text["hidden_size"]
+        assert cfg["vision_config"]["image_size"] == preset.processor["max_image_size"]["longest_edge"] == 512
+        processor = {**preset.processor, "size": {"height": 512, "width": 512}}  # one tile, as the adapter
+        spec = PreprocessSpec.from_processor_config(processor)
+        assert (spec.height, spec.interpolation, spec.mean, spec.std) == (512, "lanczos", (0.5,) * 3, (0.5,) * 3)
+        assert preset.processor["size"] == {"longest_edge": 2048} and preset.processor["do_image_splitting"]
+        assert preset.cited and preset.source.count("/") == 1
+        return
     elif preset.tokenizer == "gpt2":
         assert cfg["decoder_start_token_id"] == cfg["eos_token_id"] == cfg["pad_token_id"] == 50256
         assert cfg["encoder"]["hidden_size"] == cfg["decoder"]["n_embd"] == 768
@@ -168,3 +197,28 @@ def test_export_manifest_says_random_weights(monkeypatch, tmp_path, capsys) -> N
     assert manifest.source["preset"] == f"arch:{preset.name}" and manifest.verified
     assert main(["info", str(tmp_path / "bundle")]) == 0
     assert "random weights: latency only" in capsys.readouterr().out
+
+
+def test_smolvlm_preset_builds_and_loads_with_its_generation_ids(monkeypatch, tmp_path) -> None:
+    """The tiny smolvlm preset: the real vocabulary and special ids, generation_config.json written, the
+    adapter reading eos <end_of_utterance> / pad <|im_end|> from it, image features that depend on the input."""
+    import torch
+
+    from edgevlp.models import load_model, resolve_model_dir
+
+    monkeypatch.setenv("EDGEVLP_CACHE", str(tmp_path))
+    preset = tiny_preset("smolvlm-256m")
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    model_dir = resolve_model_dir(f"arch:{preset.name}")
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    assert (generation["eos_token_id"], generation["pad_token_id"], generation["bos_token_id"]) == (49279, 2, 1)
+    adapter = load_model(f"arch:{preset.name}")
+    assert type(adapter).__name__ == "SmolVLMAdapter" and len(adapter.tokenizer) == 49280
+    settings = adapter.generation_settings()
+    assert (settings["eos_token_id"], settings["pad_token_id"]) == (49279, 2)
+    assert adapter.prompt_settings()["image_token_id"] == adapter.tokenizer.convert_tokens_to_ids("<image>") == 49190
+    assert adapter.kv_layout() == (2, 2, 8) and adapter.tile_size == 32
+    pixels = torch.from_numpy(__import__("numpy").random.default_rng(0).normal(size=(2, 1, 3, 32, 32))
+                              .astype("float32"))
+    feats = adapter.forward(pixels)["image_features"]
+    assert feats.shape == (2, 4, 32) and (feats[0] - feats[1]).abs().max() > 1e-4

@@ -55,6 +55,7 @@ TOKENIZERS: dict[str, str] = {
     "bert": "edgevlp.models._tokenizers:bert_tokenizer",
     "gpt2": "edgevlp.models._tokenizers:gpt2_tokenizer",
     "clip": "edgevlp.models._tokenizers:clip_tokenizer",
+    "smolvlm": "edgevlp.models._tokenizers:smolvlm_tokenizer",
 }
 
 
@@ -71,6 +72,9 @@ class Preset:
     tokenizer: str  # key of TOKENIZERS
     vocab_size: int
     cited: str = ""  # where the values were read
+    #: ``generation_config.json`` values (``GenerationConfig(**generation)``), for models whose adapter
+    #: reads them from ``model.generation_config``
+    generation: Mapping[str, Any] | None = None
 
     def version(self) -> str:
         """Hash of everything the build depends on (the cache directory's name)."""
@@ -80,7 +84,9 @@ class Preset:
         blob = json.dumps({"build": BUILD_VERSION, "transformers": transformers, "seed": SEED, "std": INIT_STD,
                            "architecture": self.architecture, "config": self.config,
                            "processor": self.processor, "tokenizer": self.tokenizer,
-                           "vocab_size": self.vocab_size}, sort_keys=True, default=str)
+                           "vocab_size": self.vocab_size, **({"generation": self.generation}
+                                                               if self.generation else {})},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def cache_dir(self) -> Path:
@@ -166,6 +172,57 @@ def _owlvit_processor() -> dict[str, Any]:
 
 _HF = "https://huggingface.co/"
 
+#: SmolVLM / SmolLM2 ids (``_tokenizers.smolvlm_tokenizer``): <|im_start|> 1, <|im_end|> 2, <image> 49190,
+#: <end_of_utterance> 49279
+_SMOLVLM_IDS = {"bos": 1, "pad": 2, "image": 49190, "eos": 49279}
+
+
+def _smolvlm(text: dict[str, Any]) -> dict[str, Any]:
+    """SmolVLMForConditionalGeneration config: SigLIP base-patch16-512 (12 x 768) on 512 px tiles, pixel
+    shuffle by 4 (64 tokens a tile), a SmolLM2 (Llama, grouped-query) decoder with its own LM head."""
+    return {
+        "model_type": "smolvlm", "image_token_id": _SMOLVLM_IDS["image"], "scale_factor": 4,
+        "pad_token_id": _SMOLVLM_IDS["pad"], "tie_word_embeddings": False, "use_cache": True,
+        "vision_config": {"model_type": "smolvlm_vision", "hidden_size": 768, "intermediate_size": 3072,
+                          "num_hidden_layers": 12, "num_attention_heads": 12, "num_channels": 3,
+                          "image_size": 512, "patch_size": 16, "hidden_act": "gelu_pytorch_tanh",
+                          "layer_norm_eps": 1e-6, "attention_dropout": 0.0, "initializer_range": 0.02},
+        "text_config": {"model_type": "llama", "vocab_size": 49280, "head_dim": 64,
+                        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+                        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+                        "initializer_range": 0.02, "pad_token_id": _SMOLVLM_IDS["pad"],
+                        "bos_token_id": _SMOLVLM_IDS["bos"], "eos_token_id": _SMOLVLM_IDS["eos"],
+                        "tie_word_embeddings": False, "use_cache": True, **text},
+    }
+
+
+def _smolvlm_processor() -> dict[str, Any]:
+    # 256M and 500M share it: longest edge resized to 2048 (resample 1 = LANCZOS), split into 512 px tiles
+    # plus the whole image at 512, mean/std 0.5; the hub names the Idefics3 classes (SmolVLM's are the
+    # same image logic, SmolVLMProcessor also needs torchvision)
+    return {"image_processor_type": "Idefics3ImageProcessor", "processor_class": "Idefics3Processor",
+            "do_convert_rgb": True, "do_resize": True, "size": {"longest_edge": 2048},
+            "max_image_size": {"longest_edge": 512}, "do_image_splitting": True, "resample": 1,
+            "do_rescale": True, "rescale_factor": _RESCALE, "do_normalize": True,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_pad": True}
+
+
+_SMOLVLM_CITED = (
+    "config: github qewr1234/Lightweight-VLA tests/offline_vlm_cache.py (config.json and "
+    "preprocessor_config.json of HuggingFaceTB/SmolVLM2-500M-Video-Instruct verbatim: SmolVLM-500M's shapes - "
+    "text 960/2560/32 layers/15 heads/5 kv heads/head_dim 64, rope 100000, 8192 positions, vocab 49280; vision "
+    "768/12 layers/12 heads/512 px/patch 16; scale_factor 4, image_token_id 49190, tie_word_embeddings false; "
+    "processor longest_edge 2048, tiles 512, resample 1, mean/std 0.5, splitting; tokenizer_config: bos "
+    "<|im_start|>, eos <end_of_utterance>, pad <|im_end|>); 256M text shapes (576/1536/30 layers/9 heads/3 kv "
+    "heads, tie_word_embeddings false) in the nested idefics3 config test of a Rust ModelMetadata::from_hf_config "
+    "(find_string '\"image_token_id\": 49190') and SmolLM2-135M's config.json; vision layer_norm_eps 1e-6 "
+    "(SmolVLMVisionConfig default, as in that test); " + _HF + "HuggingFaceTB/SmolVLM-256M-Instruct model card "
+    "(SigLIP base-patch16-512, 64 tokens per 512 px tile); the hub ships both as Idefics3ForConditionalGeneration "
+    "(same modules and parameter names as SmolVLMForConditionalGeneration)"
+)
+_SMOLVLM_GENERATION = {"bos_token_id": _SMOLVLM_IDS["bos"], "eos_token_id": _SMOLVLM_IDS["eos"],
+                       "pad_token_id": _SMOLVLM_IDS["pad"]}
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "blip-base", "Salesforce/blip-image-captioning-base", "BlipForConditionalGeneration",
@@ -239,6 +296,22 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
               "google/owlv2-base-patch16-ensemble/blob/refs%2Fpr%2F2/preprocessor_config.json; "
               "tokenizer: same repo, added_tokens.json ('!' 0, <|startoftext|> 49406, <|endoftext|> 49407)",
     ),
+    Preset(
+        # SigLIP-B/16 512 (86 M) + connector (7 M) + SmolLM2-135M decoder with an untied LM head: 256.5 M
+        "smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLMForConditionalGeneration",
+        _smolvlm({"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                  "num_attention_heads": 9, "num_key_value_heads": 3}),
+        _smolvlm_processor(), "smolvlm", 49280, generation=_SMOLVLM_GENERATION,
+        cited=_SMOLVLM_CITED,
+    ),
+    Preset(
+        # the same vision tower + connector (12288 -> 960) + SmolLM2-360M decoder, untied LM head: 507.5 M
+        "smolvlm-500m", "HuggingFaceTB/SmolVLM-500M-Instruct", "SmolVLMForConditionalGeneration",
+        _smolvlm({"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                  "num_attention_heads": 15, "num_key_value_heads": 5}),
+        _smolvlm_processor(), "smolvlm", 49280, generation=_SMOLVLM_GENERATION,
+        cited=_SMOLVLM_CITED,
+    ),
 )}
 
 
@@ -306,6 +379,10 @@ def build_model(preset: Preset, device: str = "cpu") -> "torch.nn.Module":
     with torch.device(device), no_init_weights():
         model = model_class(config)
     model.tie_weights()  # skipped with the init under no_init_weights
+    if preset.generation:  # save_pretrained writes generation_config.json from it
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig(**dict(preset.generation))
     return model.eval()
 
 
