@@ -21,7 +21,7 @@ from edgevlp.models import adapter_class, known_architectures
 
 BLIP, VED = "BlipForConditionalGeneration", "VisionEncoderDecoderModel"
 ROLES = {"caption": ("vision_encoder", "cross_kv", "text_decoder"),
-         "detect": ("image_encoder", "text_encoder")}
+         "detect": ("image_encoder", "text_encoder"), "vqa": ("vision_encoder", "embed_tokens", "decoder")}
 TOL = {"atol": 1e-5, "rtol": 1e-4}
 
 

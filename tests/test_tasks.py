@@ -22,11 +22,11 @@ BLIP, OWL, OWL2 = "BlipForConditionalGeneration", "OwlViTForObjectDetection", "O
 def test_every_adapter_task_is_registered_and_names_its_runtime_class() -> None:
     from edgevlp.models import tiny_adapter
     from edgevlp.models.registry import known_architectures
-    from edgevlp.runtime import Captioner, Detector
+    from edgevlp.runtime import Assistant, Captioner, Detector
     from edgevlp.tasks import TASKS, Task, get_task
 
-    assert set(TASKS) == {"caption", "detect"}
-    runtime = {"caption": Captioner, "detect": Detector}
+    assert set(TASKS) == {"caption", "detect", "vqa"}
+    runtime = {"caption": Captioner, "detect": Detector, "vqa": Assistant}
     for name in TASKS:
         task = get_task(name)
         assert isinstance(task, Task) and task.name == name
@@ -36,14 +36,14 @@ def test_every_adapter_task_is_registered_and_names_its_runtime_class() -> None:
         adapter = tiny_adapter(arch)
         assert get_task(adapter.task).name == adapter.task
         roles = [g.role for g in get_task(adapter.task).graphs(adapter)]
-        assert roles[0] == ("vision_encoder" if adapter.task == "caption" else "image_encoder"), (arch, roles)
+        assert roles[0] == ("image_encoder" if adapter.task == "detect" else "vision_encoder"), (arch, roles)
 
 
 def test_unknown_task_lists_the_known_ones() -> None:
     from edgevlp.tasks import get_task
 
-    with pytest.raises(InputError, match=r"unknown task 'vqa'; edgevlp knows caption, detect") as err:
-        get_task("vqa")
+    with pytest.raises(InputError, match=r"unknown task 'segment'; edgevlp knows caption, detect, vqa") as err:
+        get_task("segment")
     assert isinstance(err.value, EdgeVLPError)
 
 

@@ -70,8 +70,8 @@ def _sample_feeds(graphs: list[GraphExport], pixels: np.ndarray) -> dict[str, di
     feeds = {}
     for g in graphs:
         feed = {n: t.numpy() for n, t in zip(g.input_names, g.example_inputs)}
-        if "pixel_values" in feed:
-            feed["pixel_values"] = pixels
+        if "pixel_values" in feed and feed["pixel_values"].ndim == pixels.ndim:  # (B, 3, H, W) images;
+            feed["pixel_values"] = pixels  # a VLM's (B, tiles, 3, T, T) keeps its traced example
         feeds[g.role] = feed
     return feeds
 

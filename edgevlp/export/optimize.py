@@ -143,6 +143,10 @@ FUSIONS: dict[tuple[str, str], Fusions | str] = {
     ("owlvit", "text_encoder"): _ENCODER,
     ("owlv2", "image_encoder"): _ENCODER,
     ("owlv2", "text_encoder"): _ENCODER,
+    **{(family, role): why for family in ("smolvlm", "idefics3") for role, why in (
+        ("vision_encoder", _ENCODER), ("embed_tokens", "left as exported: one Gather"),
+        ("decoder", "left as exported: onnxruntime's Llama fusions (RMSNorm, rotary, grouped-query "
+                    "attention) are not measured here yet"))},
 }
 
 

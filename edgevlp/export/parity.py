@@ -194,7 +194,9 @@ def check_parity(adapter: ModelAdapter, manifest: Manifest, *, atol: float, rtol
                           f"{rtol} x {o['max_abs_source']:.3g}){cos}; use a higher precision or "
                           "--skip-parity to write an unverified bundle")
     if tokens_bad:
+        cases = extra.get("cases") or [extra]
+        first = next((c for c in cases if c["source_token_ids"] != c["exported_token_ids"]), cases[0])
         raise ExportError(f"parity failed: greedy decoding of {new_tokens} tokens differs from "
-                          f"transformers (source {extra['source_token_ids']}, exported "
-                          f"{extra['exported_token_ids']}); use --skip-parity to write it unverified")
+                          f"transformers (source {first['source_token_ids']}, exported "
+                          f"{first['exported_token_ids']}); use --skip-parity to write it unverified")
     return record

@@ -354,8 +354,9 @@ class AssistantAdapter(ModelAdapter):
         the image splitting settings (the processor config)."""
 
     @abstractmethod
-    def processor(self) -> Any:
-        """The transformers processor a user would call (the reference of parity and bench)."""
+    def processor(self, splitting: bool | None = None) -> Any:
+        """The transformers processor a user would call (the reference of parity and bench);
+        ``splitting`` overrides its image processor's ``do_image_splitting``."""
 
     @abstractmethod
     def generation_settings(self) -> dict[str, Any]:
@@ -365,11 +366,10 @@ class AssistantAdapter(ModelAdapter):
         """What the transformers processor gives for one RGB uint8 image and a question (the chat
         template applied, one user turn, generation prompt added); ``splitting`` overrides the
         processor's ``do_image_splitting``."""
-        proc = self.processor()
+        proc = self.processor(splitting)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         text = proc.apply_chat_template(messages, add_generation_prompt=True)
-        extra = {} if splitting is None else {"do_image_splitting": bool(splitting)}
-        inputs = dict(proc(text=text, images=[[rgb]], return_tensors="pt", **extra))
+        inputs = dict(proc(text=text, images=[[rgb]], return_tensors="pt"))
         inputs.pop("token_type_ids", None)  # the tokenizer's, not a model input
         return inputs
 

@@ -149,13 +149,15 @@ class SmolVLMAdapter(AssistantAdapter):
         return {"eos_token_id": eos, "pad_token_id": pad if pad is not None else text.pad_token_id,
                 "max_length": int(text.max_position_embeddings)}
 
-    def processor(self) -> Any:
+    def processor(self, splitting: bool | None = None) -> Any:
         # SmolVLMProcessor needs torchvision (its video processor); Idefics3Processor expands the
         # <image> placeholder with the same functions, and Idefics3ImageProcessor is SmolVLM's image logic
         from transformers import Idefics3Processor
 
-        image = Idefics3ImageProcessor(**{k: v for k, v in self.processor_config.items()
-                                              if k not in ("image_processor_type", "processor_class")})
+        config = {k: v for k, v in self.processor_config.items() if k not in ("image_processor_type", "processor_class")}
+        if splitting is not None:
+            config["do_image_splitting"] = bool(splitting)
+        image = Idefics3ImageProcessor(**config)
         return Idefics3Processor(image_processor=image, tokenizer=self.tokenizer, image_seq_len=self.image_seq_len,
                                  chat_template=self.chat_template)
 
