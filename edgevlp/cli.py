@@ -422,9 +422,10 @@ VERBS: tuple[Verb, ...] = (
          "  edgevlp export out/blip-int8 -o bundles/blip-orin --target jetson "
          "--profile export/targets/jetson-orin-nano.toml",
          _export_args, _run_export),
-    Verb("run", "run the camera app on bundles (captioning and/or detection)",
+    Verb("run", "run the camera app on bundles (captioning or questions, and/or detection)",
          "  edgevlp run bundles/blip-cpu bundles/owl-cpu --source 0 --prompts \"person, cup\"\n"
-         "  edgevlp run bundles/owl-cpu --source clip.mp4 --headless --output out/run",
+         "  edgevlp run bundles/owl-cpu --source clip.mp4 --headless --output out/run\n"
+         "  edgevlp run bundles/smolvlm-cpu --source 0 --ask \"is anyone at the door?\" --ask-every 2",
          _run_args, _run_run),
     Verb("bench", "measure accuracy x latency per backend and precision",
          "  edgevlp bench demo-blip demo-owlvit --data shapes:val --output out/bench\n"

@@ -25,7 +25,8 @@ __all__ = ["PRECISIONS", "CPU", "Target", "TARGETS", "get_target", "devices", "d
            "host_targets", "graph_formats"]
 
 #: Numeric precisions a bundle can be exported at.
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+#: ``int4``: 4-bit weight-only decoders (MatMulNBits), written by `edgevlp compress` only.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
 #: The device class of targets whose bundles run on a plain CPU (here, in CI, in ``edgevlp bench``).
 CPU = "cpu"
 

@@ -136,3 +136,77 @@ def test_compression_of_vqa_models_says_it_has_not_landed() -> None:
 
     with pytest.raises(NotAvailableYet, match="issue #16"):
         get_task("vqa").calibration_feeds(None, {}, [], [], max_new_tokens=4)
+
+
+def test_camera_app_answers_the_question(exported, tmp_path, capsys) -> None:
+    """`edgevlp run VLM DETECTOR --ask Q --ask-every 4f`: the answer is the caption line of the log, the
+    first one made on frame 0 (it equals ask() on that decoded frame) and the summary names the question."""
+    import cv2
+
+    from edgevlp.cli import main
+    from edgevlp.runtime import load
+    from tests.test_app import make_clip, read_jsonl
+
+    clip = make_clip(tmp_path, frames=10)
+    vlm, owl = exported("SmolVLMForConditionalGeneration"), exported("OwlViTForObjectDetection")
+    out = tmp_path / "run"
+    question = "what shape is on the left?"
+    rc = main(["run", str(vlm), str(owl), "--source", str(clip), "--prompts", "red circle", "--ask", question,
+               "--ask-every", "4f", "--max-new-tokens", "5", "--headless", "--output", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    lines = read_jsonl(out / "log.jsonl")
+    assert len(lines) == 10 and all(isinstance(r["caption"], str) for r in lines)
+    ok, first = cv2.VideoCapture(str(clip)).read()
+    assert ok
+    assert lines[0]["caption"] == load(vlm).ask(first, question, max_new_tokens=5).text
+    summary = (out / "summary.json").read_text()
+    assert question in summary and '"captions": ' in summary
+    rc = main(["run", str(owl), "--source", str(clip), "--prompts", "cup", "--ask", question, "--headless"])
+    assert rc == 1 and "--ask needs a VLM bundle" in capsys.readouterr().err
+
+
+def test_int4_decoder_recipe_compresses_exports_and_runs(tmp_path, photos_bgr) -> None:
+    """recipes/smolvlm-int4.toml: the decoder's MatMuls become 4-bit MatMulNBits (blocks of 32, int8
+    compute), the vision graph stays FP32; the export takes precision int4 from compression.json,
+    checks parity against the recorded tolerance, and the runtime's answers follow FP32's."""
+    import json
+
+    import onnx
+
+    from edgevlp.bundle import read_manifest
+    from edgevlp.compress import compress_model
+    from edgevlp.errors import InputError
+    from edgevlp.export import export_model
+    from edgevlp.runtime import load
+
+    adapter = SmolVLMAdapter.tiny()
+    out = tmp_path / "c"
+    compress_model(adapter, "recipes/smolvlm-int4.toml", out, progress=False, cache=False)
+    record = json.loads((out / "compression.json").read_text())
+    assert record["precision"] == "int4" and record["schemes"] == {"decoder": "weight_only"}
+    nbits = [n for n in onnx.load(str(out / record["graphs"]["decoder"])).graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all({a.name: a.i for a in n.attribute}["bits"] == 4 for n in nbits)
+    assert {a.name: a.i for a in nbits[0].attribute}["accuracy_level"] == 4
+    bundle = tmp_path / "b"
+    manifest = export_model(out, bundle, target="cpu", progress=False)
+    assert manifest.precision == "int4" and manifest.parity["passed"]
+    fp32 = export_model(adapter, tmp_path / "f", target="cpu", progress=False, skip_parity=True)
+    frame = photos_bgr["astronaut"]
+    got = load(bundle).ask(frame, "what is it?", max_new_tokens=6).token_ids
+    ref = load(fp32.path).ask(frame, "what is it?", max_new_tokens=6).token_ids
+    assert got[0] == ref[0]  # the first answer token survives 4-bit weights on this model
+    with pytest.raises(InputError, match="only onnxruntime runs"):
+        export_model(out, tmp_path / "ov", target="openvino", progress=False)
+
+
+def test_four_bits_only_for_weight_only_on_onnxruntime() -> None:
+    from edgevlp.compress.recipe import QuantConfig, QuantScheme
+    from edgevlp.errors import RecipeError
+
+    QuantConfig(method="weight_only", weights=QuantScheme(bits=4, block_size=64))
+    with pytest.raises(RecipeError, match="weights.bits"):
+        QuantConfig(method="ptq_static", weights=QuantScheme(bits=4, per_channel=True))
+    with pytest.raises(RecipeError, match="block_size"):
+        QuantScheme(bits=4, block_size=48)
+    with pytest.raises(RecipeError, match="bits"):
+        QuantScheme(bits=3)

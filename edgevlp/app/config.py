@@ -87,6 +87,9 @@ class AppConfig:
     threshold: float = 0.1
     caption_every: Cadence = Cadence(0.5, "s")
     max_new_tokens: int | None = None
+    #: the question a vqa bundle answers about the newest frame at ``caption_every`` (None: its default
+    #: captioning prompt)
+    ask: str | None = None
     headless: bool = False
     output: str | None = None
     force: bool = False
@@ -114,6 +117,8 @@ class AppConfig:
                                  ("--reconnect", self.reconnect, 0), ("--queue-size", self.queue_size, 1)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise InputError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if self.ask is not None and not str(self.ask).strip():
+            raise InputError('--ask is empty: give a question, e.g. --ask "is anyone at the door?"')
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
             raise InputError("--prompts must not contain empty prompts, e.g. --prompts \"red circle, person\"")
 
@@ -127,7 +132,9 @@ class AppConfig:
                 raise InputError(f"--prompts {args.prompts!r} holds no prompt; give e.g. --prompts \"cup, person\"")
         return cls(source=args.source, prompts=prompts, prompts_file=args.prompts_file,
                    prompts_poll_s=args.prompts_poll, threshold=args.threshold,
-                   caption_every=parse_cadence(args.caption_every), max_new_tokens=args.max_new_tokens,
+                   caption_every=parse_cadence(args.ask_every if getattr(args, "ask_every", None) is not None
+                                               else args.caption_every),
+                   max_new_tokens=args.max_new_tokens, ask=getattr(args, "ask", None),
                    headless=args.headless, output=args.output, force=args.force, max_frames=args.max_frames,
                    fps_limit=args.fps_limit, timeout_s=args.timeout, reconnect=args.reconnect,
                    backoff_s=args.backoff, backoff_max_s=args.backoff_max, queue_size=args.queue_size)
@@ -143,8 +150,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, bundles: bool = True) -> No
     """The camera app's options (``edgevlp run`` and ``apps/camera_*.py``); ``bundles=False`` leaves out
     the positional bundle list for scripts that declare their own."""
     if bundles:
-        p.add_argument("bundles", nargs="+", help="one captioner and/or one detector bundle (decided by the "
-                                                  "manifest's task)")
+        p.add_argument("bundles", nargs="+", help="one captioner or VLM (vqa) bundle and/or one detector bundle "
+                                                  "(decided by the manifest's task)")
     src = p.add_argument_group("source")
     src.add_argument("--source", required=True,
                      help="camera index (0), video file, rtsp://... or http://... URL, csi://N[?width=W&"
@@ -173,6 +180,10 @@ def add_run_arguments(p: argparse.ArgumentParser, *, bundles: bool = True) -> No
     mod.add_argument("--caption-every", default="0.5", metavar="S|Nf",
                      help="caption a new frame every S seconds (0: continuously) or every N frames (10f); "
                           "default 0.5")
+    mod.add_argument("--ask", metavar="QUESTION",
+                     help='with a VLM (vqa) bundle: the question answered about the newest frame, e.g. '
+                          '"is anyone at the door?" (default: its captioning prompt)')
+    mod.add_argument("--ask-every", metavar="S|Nf", help="how often --ask is answered (as --caption-every)")
     mod.add_argument("--max-new-tokens", type=int, metavar="N", help="caption length limit (default: bundle's)")
     mod.add_argument("--backend", help="inference backend (default: the bundle target's first installed one)")
     mod.add_argument("--device", help="backend device, e.g. cpu or cuda")

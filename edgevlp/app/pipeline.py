@@ -32,7 +32,7 @@ from edgevlp.app.prompts import PromptsFile
 from edgevlp.app.sinks import FileSink, WindowSink
 from edgevlp.errors import EdgeVLPError, InputError, SourceError
 
-__all__ = ["run_app", "load_models", "LatencyStats", "CaptionWorker", "format_summary"]
+__all__ = ["run_app", "load_models", "LatencyStats", "CaptionWorker", "Asking", "format_summary"]
 
 log = logging.getLogger("edgevlp.app")
 _QUIT_KEYS = (ord("q"), 27)  # q, Esc
@@ -40,7 +40,8 @@ _PROMPTS_KEY = ord("p")
 
 
 def load_models(bundles: Sequence[str], backend: str | None = None, device: str | None = None) -> dict[str, Any]:
-    """``{"captioner": ..., "detector": ...}`` from at most one bundle of each task (by manifest task).
+    """``{"captioner": ..., "detector": ..., "assistant": ...}`` (the task's app slot) from at most one bundle
+    of each task (by manifest task).
 
     Example:
         >>> load_models(["bundles/owl-cpu"])             # doctest: +SKIP
@@ -51,7 +52,7 @@ def load_models(bundles: Sequence[str], backend: str | None = None, device: str 
     from edgevlp.tasks import get_task
 
     if not 1 <= len(bundles) <= 2:
-        raise InputError(f"give one captioner and/or one detector bundle, got {len(bundles)} bundles")
+        raise InputError(f"give one captioner (or VLM) and/or one detector bundle, got {len(bundles)} bundles")
     tasks = {}
     for bundle in bundles:  # check the pairing before opening any graph
         task = read_manifest(bundle, verify=False).task
@@ -62,7 +63,23 @@ def load_models(bundles: Sequence[str], backend: str | None = None, device: str 
     models: dict[str, Any] = {}
     for task, bundle in tasks.items():
         models[get_task(task).app_slot] = load(bundle, backend=backend, device=device)
+    if "captioner" in models and "assistant" in models:
+        raise InputError("a captioner and a VLM (vqa) bundle both write the caption line: pass one of them")
     return models
+
+
+class Asking:
+    """A VLM as the app's captioner: ``caption(frame)`` answers ``question`` about it (None: the bundle's
+    default captioning prompt); the answer is the caption line."""
+
+    def __init__(self, assistant: Any, question: str | None) -> None:
+        self.assistant = assistant
+        self.question = question
+        self.manifest = assistant.manifest
+        self.backend = getattr(assistant, "backend", "")
+
+    def caption(self, frame: np.ndarray, **generation: Any) -> Any:
+        return self.assistant.ask(frame, self.question, **generation)
 
 
 class LatencyStats:
@@ -322,7 +339,8 @@ class _Run:
             return "max frames"
         return ""
 
-def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, source: VideoSource | None = None,
+def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, assistant: Any = None,
+            source: VideoSource | None = None,
             window: WindowSink | None = None, report: Callable[[str], None] | None = None,
             on_event: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the app until the source ends, ``max_frames``, the quit key, Ctrl-C/SIGTERM or a fault.
@@ -331,6 +349,12 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, s
     summary text. A lost source raises :class:`SourceError` afterwards, Ctrl-C ``KeyboardInterrupt``.
     Returns the summary dict.
     """
+    if assistant is not None:
+        if captioner is not None:
+            raise InputError("a captioner and a VLM (vqa) bundle both write the caption line: pass one of them")
+        captioner = Asking(assistant, config.ask)
+    elif config.ask is not None:
+        raise InputError("--ask needs a VLM bundle (task vqa, e.g. an exported SmolVLM); none was given")
     if captioner is None and detector is None:
         raise InputError("no model: pass a captioner bundle (task caption) and/or a detector bundle (task detect)")
     events = on_event or (lambda message: log.warning("%s", message))
@@ -403,6 +427,7 @@ def _summary(config: AppConfig, run: _Run, capture: Capture, stopped: str, error
         "captions": captions, "captions_per_s": round(captions / duration, 2) if duration > 0 else None,
         "reconnects": capture.reconnects, "stopped": stopped, "error": error, "source": config.source,
         "models": {"captioner": _model_info(captioner), "detector": _model_info(detector)},
+        **({"question": config.ask} if config.ask is not None else {}),
         "prompts": run.prompts if detector is not None else None, "prompt_changes": run.prompt_changes,
         "latency_ms": run.stats.summary(),
         "outputs": {k: str(v) for k, v in sink.paths.items()} if sink is not None else None,

@@ -256,17 +256,18 @@ class OnnxRuntimeBackend:
         from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                      MatMulNBitsQuantizer)
 
-        block = 32  # blockwise only (QuantConfig refuses per_channel for weight_only on onnxruntime)
-        # accuracy_level 4: int8 compute (MLAS); without it 8-bit MatMulNBits took a reference path here,
-        # 12x slower than FP32 on a BLIP-base decoder step (20.9 ms with it, FP32 35 ms; AVX-512 VNNI CPU)
-        algo = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=cfg.weights.symmetric,
+        w = cfg.weights  # blockwise only (QuantConfig refuses per_channel for weight_only on onnxruntime)
+        block, bits, level = w.block_size, w.bits, w.accuracy_level
+        # accuracy_level 4 (the default): int8 compute (MLAS); without it 8-bit MatMulNBits took a reference
+        # path here, 12x slower than FP32 on a BLIP-base decoder step (20.9 ms with it, FP32 35 ms; AVX-512 VNNI)
+        algo = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=w.symmetric,
                                             quant_format=QuantFormat.QOperator, op_types_to_quantize=("MatMul",),
-                                            bits=8, accuracy_level=4)
+                                            bits=bits, accuracy_level=level)
         quant = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=exclude, algo_config=algo)
         quant.process()
         quant.model.save_model_to_file(str(dst), use_external_data_format=False)
-        return {"format": "MatMulNBits (com.microsoft), 8-bit weights, accuracy_level 4 (int8 compute)",
-                "weights": f"int8, one scale per block of {block} weights"}
+        return {"format": f"MatMulNBits (com.microsoft), {bits}-bit weights, accuracy_level {level}",
+                "weights": f"int{bits}, one scale per block of {block} weights", "bits": bits}
 
     def derive(self, scheme: str, base: Path, src: Path, exclude: set[str]) -> bytes | None:
         """The graph ``base`` (all INT8, ``scheme``) with the nodes in ``exclude`` back in FP32, without

@@ -21,7 +21,8 @@ import numpy as np
 from edgevlp.errors import InputError
 from edgevlp.models.base import CaptionerAdapter, ModelAdapter
 
-__all__ = ["Frame", "load_frames", "real_photos", "Feeds", "build_feeds", "decoder_feeds", "IMAGE_SUFFIXES"]
+__all__ = ["Frame", "load_frames", "real_photos", "Feeds", "build_feeds", "decoder_feeds", "assistant_feeds",
+           "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 Feeds = list[dict[str, np.ndarray]]
@@ -136,6 +137,55 @@ def decoder_feeds(adapter: CaptionerAdapter, graphs: dict[str, Path], pixels: li
             past = present
             if eos is not None and token == int(eos):
                 break
+    return feeds
+
+
+def assistant_feeds(adapter: ModelAdapter, graphs: dict[str, Path], frames: list[Frame],
+                    max_new_tokens: int) -> dict[str, Feeds]:
+    """A VLM's feeds, with the FP32 graphs and the runtime's own prompt building, per frame: the frame
+    unsplit (one image: calibration of a many-tile image costs rows x cols + 1 vision calls and adds
+    no new statistics), the prompt of the model's default question, and every decoder call of a greedy
+    answer: the prefill, then one per token."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from edgevlp.runtime.assistant import chat_prompt, merge_image_features
+    from edgevlp.runtime.vlm_processing import ChatTemplate, ImageSplitSpec, split_image
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    vision, embed, decoder = (ort.InferenceSession(str(graphs[r]), opts, providers=["CPUExecutionProvider"])
+                              for r in ("vision_encoder", "embed_tokens", "decoder"))
+    prompt = adapter.prompt_settings()  # type: ignore[attr-defined]
+    spec = dataclasses.replace(ImageSplitSpec.from_processor_config(prompt["processor"]), do_image_splitting=False)
+    text = chat_prompt(ChatTemplate(prompt["chat_template"]), prompt, prompt["default_prompt"], 0, 0)
+    ids = adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
+    past_names = [i.name for i in decoder.get_inputs() if i.name.startswith("past_")]
+    _, kv_heads, head_dim = adapter.kv_layout()  # type: ignore[attr-defined]
+    eos = adapter.generation_settings().get("eos_token_id")  # type: ignore[attr-defined]
+    feeds: dict[str, Feeds] = {"vision_encoder": [], "embed_tokens": [], "decoder": []}
+    for frame in frames:
+        split = split_image(frame.bgr, spec)
+        vfeed = {"pixel_values": split.pixel_values, "pixel_attention_mask": split.pixel_attention_mask}
+        feeds["vision_encoder"].append(vfeed)
+        efeed = {"input_ids": np.asarray([ids], np.int64)}
+        feeds["embed_tokens"].append(efeed)
+        embeds = merge_image_features(embed.run(None, efeed)[0], ids, vision.run(None, vfeed)[0],
+                                      int(prompt["image_token_id"]))
+        past = {n: np.zeros((1, kv_heads, 0, head_dim), np.float32) for n in past_names}
+        length = 0
+        for _ in range(max_new_tokens):
+            n = embeds.shape[1]
+            feed = {"inputs_embeds": embeds, "attention_mask": np.ones((1, length + n), np.int64),
+                    "position_ids": np.arange(length, length + n, dtype=np.int64)[None], **past}
+            feeds["decoder"].append(feed)
+            logits, *present = decoder.run(None, feed)
+            past, length = dict(zip(past_names, present)), length + n
+            token = int(logits[0, -1].argmax())
+            if eos is not None and token == int(eos):
+                break
+            embeds = embed.run(None, {"input_ids": np.asarray([[token]], np.int64)})[0]
     return feeds
 
 

@@ -79,8 +79,9 @@ def _record(state: CompressState, recipe: Recipe, stages: list[dict[str, Any]]) 
     cfg = recipe.quant
     fallback = cfg.fallback if cfg is not None else None
     # OpenVINO IR (not .onnx): `edgevlp export --target openvino` copies it as it is
+    four_bit = any(g.get("bits") == 4 for g in graphs.values())
     return CompressionRecord(
-        base_model="model", precision="int8" if state.quantized else None,
+        base_model="model", precision=("int4" if four_bit else "int8") if state.quantized else None,
         graphs={r: f for r, f in state.quantized.items() if f.endswith(".onnx")},
         schemes={r: g.get("scheme", cfg.method if cfg else "ptq_static") for r, g in graphs.items()},
         parity={"min_cosine": fallback.min_cosine if fallback else None,

@@ -255,10 +255,25 @@ class CalibrationConfig(_Config):
 
 @dataclass(frozen=True)
 class QuantScheme(_Config):
-    """Integer scheme of a tensor kind: symmetric (zero point 0) or asymmetric; per-channel or per-tensor."""
+    """Integer scheme of a tensor kind: symmetric (zero point 0) or asymmetric; per-channel or per-tensor.
+
+    For weights of ``method = "weight_only"`` on onnxruntime (``MatMulNBits``): ``bits`` 8 or 4,
+    ``block_size`` weights per scale (a power of two >= 16) and ``accuracy_level``, the compute type
+    of the kernel: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (activations quantised per block at run
+    time: the fast one on VNNI / dot-product CPUs). Everything else is 8-bit.
+    """
 
     symmetric: bool = True
     per_channel: bool = False
+    bits: int = 8
+    block_size: int = 32
+    accuracy_level: int = 4
+
+    def _validate(self) -> None:
+        self._range("bits", "8, or 4 (weight-only)", self.bits in (4, 8))
+        self._range("block_size", "a power of two >= 16 (e.g. 32, 64, 128)",
+                    self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0)
+        self._range("accuracy_level", "an integer in 0..4 (4: int8 compute)", self.accuracy_level in range(5))
 
 
 @dataclass(frozen=True)
@@ -339,6 +354,12 @@ class QuantConfig(_Config):
         if self.activations.per_channel:
             raise _bad("activations.per_channel", True, "false (per-channel applies to weights only)",
                        "QuantConfig")
+        if self.activations.bits != 8:
+            raise _bad("activations.bits", self.activations.bits, "8 (4 bits apply to weight-only weights)",
+                       "QuantConfig")
+        if self.weights.bits != 8 and (self.method != "weight_only" or self.backend != "onnxruntime"):
+            raise _bad("weights.bits", self.weights.bits, "8, or 4 with method 'weight_only' and backend "
+                       "'onnxruntime' (MatMulNBits)", "QuantConfig")
         if self.method == "qat" and self.train is None:
             raise self._fail("train", "a [train] table (DistillConfig: steps, lr, ...) for method 'qat'")
         if self.method != "qat" and self.train is not None:

@@ -47,7 +47,7 @@ READS = (1, 2)
 QDQ_SCHEMES = ("ptq_static", "qat")
 #: keys a record of each version must have (besides ``format`` / ``format_version``).
 REQUIRED: dict[int, tuple[str, ...]] = {1: (), 2: ("base_model", "precision", "graphs", "schemes", "parity", "recipe")}
-_PRECISIONS = (None, "int8")
+_PRECISIONS = (None, "int8", "int4")  # int4: some graph has 4-bit (weight-only) weights, the rest INT8/FP32
 _REWRITE = "re-run `edgevlp compress` to write it again"
 
 
@@ -219,6 +219,10 @@ def export_precision(record: CompressionRecord | Mapping[str, Any], asked: str |
         raise InputError(f"{where} was quantised for OpenVINO (IR: {', '.join(sorted(ir))}); export it with "
                          f"{readers}, or re-run `edgevlp compress` with backend = \"onnxruntime\" for "
                          f"--target {target}")
+    if precision == "int4" and "onnxruntime" not in row.backends:
+        readers = " or ".join(f"--target {t.name}" for t in TARGETS.values() if "onnxruntime" in t.backends)
+        raise InputError(f"{where} holds 4-bit MatMulNBits graphs, which only onnxruntime runs: export it with "
+                         f"{readers}")
     if "tensorrt" in row.formats:
         other = {r: s for r, s in record.schemes.items() if r in onnx_graphs and s not in QDQ_SCHEMES}
         if other:

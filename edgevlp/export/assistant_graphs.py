@@ -10,6 +10,10 @@ published SmolVLM ONNX files (transformers.js), so tools written for those read 
   grouped-query cache ``past_key_values.{i}.key/value (batch, kv_heads, past_sequence, head_dim)`` ->
   ``logits`` + ``present.{i}.key/value``. One graph for prefill (past length 0) and for every decoded
   token, as for the captioners (:mod:`edgevlp.export.graphs`).
+
+Their dynamic dimensions are named ``tokens`` / ``past_tokens`` / ``total_tokens`` and ``num_images``
+(not the captioners' ``sequence``): a prompt with its image tokens is ~100-1200 tokens long, so the
+TensorRT profiles give these their own ranges (``[shapes]`` in ``export/targets/*.toml``).
 """
 
 from __future__ import annotations
@@ -81,8 +85,8 @@ def assistant_graphs(adapter: AssistantAdapter) -> list[GraphExport]:
     ids = torch.tensor([[1, 2, 3]], dtype=torch.long).repeat(2, 1)
     embed = GraphExport(
         role="embed_tokens", module=_Embed(adapter), example_inputs=(ids,),
-        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),),
-        outputs=(TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden)),))
+        inputs=(TensorSpec("input_ids", "int64", ("batch", "tokens")),),
+        outputs=(TensorSpec("inputs_embeds", "float32", ("batch", "tokens", hidden)),))
     layers, kv_heads, head_dim = adapter.kv_layout()
     past = tuple(torch.randn(2, kv_heads, 3, head_dim, generator=gen) for _ in range(2 * layers))
     embeds = torch.randn(2, 2, hidden, generator=gen)
@@ -91,12 +95,12 @@ def assistant_graphs(adapter: AssistantAdapter) -> list[GraphExport]:
     vocab = adapter.model.get_output_embeddings().weight.shape[0]
     decoder = GraphExport(
         role="decoder", module=_Decoder(adapter), example_inputs=(embeds, attention, positions, *past),
-        inputs=(TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden)),
-                TensorSpec("attention_mask", "int64", ("batch", "total_sequence")),
-                TensorSpec("position_ids", "int64", ("batch", "sequence")),
-                *(TensorSpec(n, "float32", ("batch", kv_heads, "past_sequence", head_dim))
+        inputs=(TensorSpec("inputs_embeds", "float32", ("batch", "tokens", hidden)),
+                TensorSpec("attention_mask", "int64", ("batch", "total_tokens")),
+                TensorSpec("position_ids", "int64", ("batch", "tokens")),
+                *(TensorSpec(n, "float32", ("batch", kv_heads, "past_tokens", head_dim))
                   for n in decoder_past_names(layers))),
-        outputs=(TensorSpec("logits", "float32", ("batch", "sequence", vocab)),
-                 *(TensorSpec(n, "float32", ("batch", kv_heads, "total_sequence", head_dim))
+        outputs=(TensorSpec("logits", "float32", ("batch", "tokens", vocab)),
+                 *(TensorSpec(n, "float32", ("batch", kv_heads, "total_tokens", head_dim))
                    for n in decoder_past_names(layers, "present"))))
     return [vision, embed, decoder]

@@ -131,7 +131,9 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
     precision_from = "compression.json" if compression is not None and precision is not None else \
         "--precision" if precision is not None else f"profile {prof.name}"
     precision = precision or prof.precision
-    with steps.stage("load"):
+    if precision == "int4" and compression is None:
+        raise InputError("INT4 graphs come from `edgevlp compress` (4-bit weight-only decoders, e.g. "
+                         "--recipe recipes/smolvlm-int4.toml); export its output, or pick fp32, fp16 or int8")    with steps.stage("load"):
         if isinstance(model, ModelAdapter):
             adapter = model
         else:
@@ -195,7 +197,7 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
         else:
             atol, rtol = prof.tolerance_for(precision)
             min_cosine = None
-            if precision == "int8":
+            if precision in ("int8", "int4"):
                 rtol, min_cosine = _int8_tolerance(compression, rtol)
             with steps.stage("parity", "(source model vs exported graphs on 2 photos)"):
                 manifest.parity = check_parity(

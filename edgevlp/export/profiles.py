@@ -50,9 +50,10 @@ class TargetProfile:
         """min/opt/max for a dynamic dimension name."""
         if dim in self.shapes:
             return self.shapes[dim]
-        if dim == "total_sequence":
-            lo, opt, hi = self.shapes["past_sequence"]
-            s_lo, s_opt, s_hi = self.shapes["sequence"]
+        base = dim[len("total_"):] if dim.startswith("total_") else None
+        if base and base in self.shapes and f"past_{base}" in self.shapes:  # cache + new: total_sequence, ...
+            lo, opt, hi = self.shapes[f"past_{base}"]
+            s_lo, s_opt, s_hi = self.shapes[base]
             return (lo + s_lo, opt + s_opt, hi + s_hi)
         if graph_static is not None:
             return (graph_static,) * 3
@@ -68,7 +69,7 @@ class TargetProfile:
 
     def tolerance_for(self, precision: str) -> tuple[float, float]:
         return self.tolerance.get(precision, {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 2e-2),
-                                              "int8": (5e-2, 1e-1)}[precision])
+                                              "int8": (5e-2, 1e-1), "int4": (1e-1, 2e-1)}[precision])
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "target": self.target, "description": self.description,

@@ -26,7 +26,33 @@ from edgevlp.runtime.generation import apply_repetition_penalty
 from edgevlp.runtime.results import Answer
 from edgevlp.runtime.tokenizer import BundleTokenizer
 
-__all__ = ["Assistant"]
+__all__ = ["Assistant", "chat_prompt", "merge_image_features"]
+
+
+def chat_prompt(template: Any, prompt: Mapping[str, Any], question: str, rows: int, cols: int) -> str:
+    """The prompt text for one image split into ``rows`` x ``cols`` tiles: ``template`` (a
+    :class:`~edgevlp.runtime.vlm_processing.ChatTemplate`) rendered for one user turn (the image, then
+    ``question``) with the generation prompt, and its image placeholder expanded as the model's
+    processor does (``prompt``: the manifest's ``generation.prompt`` settings)."""
+    from edgevlp.runtime.vlm_processing import expand_image_tokens
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = template.render(messages, add_generation_prompt=True)
+    return expand_image_tokens(text, rows, cols, image_seq_len=int(prompt["image_seq_len"]),
+                               image_token=prompt["image_token"], fake_token=prompt["fake_token"],
+                               global_token=prompt["global_token"])
+
+
+def merge_image_features(embeds: np.ndarray, ids: list[int], features: np.ndarray, image_token_id: int) -> np.ndarray:
+    """``embeds`` (1, len(ids), hidden) with the image ``features`` written over the image tokens, in
+    order (what the model's ``inputs_merger`` does); in place, returned."""
+    where = np.flatnonzero(np.asarray(ids) == image_token_id)
+    flat = features.reshape(-1, features.shape[-1])
+    if where.size != flat.shape[0]:
+        raise InputError(f"the prompt has {where.size} image tokens but the image gave {flat.shape[0]} "
+                         "features; the bundle's image_seq_len or chat template does not match its model")
+    embeds[0, where] = flat
+    return embeds
 
 
 class Assistant(BundleModel):
@@ -59,25 +85,13 @@ class Assistant(BundleModel):
     # ------------------------------------------------------------------------------ pipeline
     def prompt_ids(self, question: str, rows: int, cols: int) -> list[int]:
         """Token ids of the rendered chat prompt for one image split into ``rows`` x ``cols`` tiles."""
-        from edgevlp.runtime.vlm_processing import expand_image_tokens
-
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        text = self.template.render(messages, add_generation_prompt=True)
-        text = expand_image_tokens(text, rows, cols, image_seq_len=int(self.prompt["image_seq_len"]),
-                                   image_token=self.prompt["image_token"], fake_token=self.prompt["fake_token"],
-                                   global_token=self.prompt["global_token"])
+        text = chat_prompt(self.template, self.prompt, question, rows, cols)
         return list(self.tokenizer.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def prefill_embeddings(self, ids: list[int], features: np.ndarray) -> np.ndarray:
         """``(1, len(ids), hidden)`` prompt embeddings with the image features over its image tokens."""
         embeds = self.embed.run({"input_ids": np.asarray([ids], np.int64)})["inputs_embeds"]
-        where = np.flatnonzero(np.asarray(ids) == self.image_token_id)
-        flat = features.reshape(-1, features.shape[-1])
-        if where.size != flat.shape[0]:
-            raise InputError(f"the prompt has {where.size} image tokens but the image gave {flat.shape[0]} "
-                             "features; the bundle's image_seq_len or chat template does not match its model")
-        embeds[0, where] = flat
-        return embeds
+        return merge_image_features(embeds, ids, features, self.image_token_id)
 
     def _step(self, embeds: np.ndarray, cache: dict[str, np.ndarray], length: int) -> np.ndarray:
         """Run the decoder on ``embeds`` after ``length`` cached positions; grows ``cache`` in place."""

@@ -68,7 +68,9 @@ class VQATask(Task):
     # ------------------------------------------------------------------------------- compression
     def calibration_feeds(self, adapter: Any, graphs: dict[str, Path], frames: list[Any],
                           pixels: list[Any], *, max_new_tokens: int) -> dict[str, list[dict[str, Any]]]:
-        raise _not_yet("INT8/INT4 quantisation")
+        from edgevlp.compress.calib import assistant_feeds
+
+        return assistant_feeds(adapter, graphs, frames, max_new_tokens)
 
     def run_forward(self, adapter: Any, batch: Any) -> None:
         raise _not_yet("activation-based pruning")
