@@ -133,7 +133,8 @@ def export_model(model: str | os.PathLike[str] | ModelAdapter, output: str | os.
     precision = precision or prof.precision
     if precision == "int4" and compression is None:
         raise InputError("INT4 graphs come from `edgevlp compress` (4-bit weight-only decoders, e.g. "
-                         "--recipe recipes/smolvlm-int4.toml); export its output, or pick fp32, fp16 or int8")    with steps.stage("load"):
+                         "--recipe recipes/smolvlm-int4.toml); export its output, or pick fp32, fp16 or int8")
+    with steps.stage("load"):
         if isinstance(model, ModelAdapter):
             adapter = model
         else:

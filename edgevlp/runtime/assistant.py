@@ -55,6 +55,12 @@ def merge_image_features(embeds: np.ndarray, ids: list[int], features: np.ndarra
     return embeds
 
 
+#: Images (tiles) per vision call. One at a time on CPUs: SmolVLM-256M's 13 tiles of a 451 x 300 photo
+#: took 27.4 s in one onnxruntime call (its attention scores alone are 13 x 12 x 1024 x 1024 floats, 650 MB
+#: per layer) and 13 x ~1.5 s one by one; transformers (SDPA) 22 s. Set ``Assistant.vision_batch``.
+VISION_BATCH = 1
+
+
 class Assistant(BundleModel):
     """``ask(frame, question)`` with the bundle's vision encoder, token embeddings and KV-cache decoder.
 
@@ -79,6 +85,7 @@ class Assistant(BundleModel):
         self.split_spec = ImageSplitSpec.from_dict(prompt["image_splitting"])
         self.template = ChatTemplate(prompt["chat_template"])
         self.image_token_id = int(prompt["image_token_id"])
+        self.vision_batch = VISION_BATCH
         self._past = [t for t in self.decoder.graph.inputs if t.name.startswith("past_key_values")]
         self._present = [t.name for t in self.decoder.graph.outputs if t.name.startswith("present")]
 
@@ -92,6 +99,15 @@ class Assistant(BundleModel):
         """``(1, len(ids), hidden)`` prompt embeddings with the image features over its image tokens."""
         embeds = self.embed.run({"input_ids": np.asarray([ids], np.int64)})["inputs_embeds"]
         return merge_image_features(embeds, ids, features, self.image_token_id)
+
+    def encode(self, pixel_values: np.ndarray, pixel_attention_mask: np.ndarray) -> np.ndarray:
+        """Image features of one frame's ``(1, images, 3, T, T)`` tiles, :attr:`vision_batch` images per
+        vision call."""
+        step = max(1, int(self.vision_batch))
+        parts = [self.vision.run({"pixel_values": pixel_values[:, i:i + step],
+                                  "pixel_attention_mask": pixel_attention_mask[:, i:i + step]})["image_features"]
+                 for i in range(0, pixel_values.shape[1], step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _step(self, embeds: np.ndarray, cache: dict[str, np.ndarray], length: int) -> np.ndarray:
         """Run the decoder on ``embeds`` after ``length`` cached positions; grows ``cache`` in place."""
@@ -134,8 +150,7 @@ class Assistant(BundleModel):
         split = split_image(frame, spec)
         ids = self.prompt_ids(question, split.rows, split.cols)
         t1 = time.perf_counter()
-        features = self.vision.run({"pixel_values": split.pixel_values,
-                                    "pixel_attention_mask": split.pixel_attention_mask})["image_features"]
+        features = self.encode(split.pixel_values, split.pixel_attention_mask)
         t2 = time.perf_counter()
         cache = {t.name: np.zeros((1, int(t.shape[1]), 0, int(t.shape[3])), np.float32) for t in self._past}
         logits = self._step(self.prefill_embeddings(ids, features), cache, 0)
