@@ -8,6 +8,7 @@
 // as the numpy reference, normalize_reference() in edgevlp/runtime/preprocess.py; the tests compare
 // both, message included. The pixel loop runs without the GIL.
 
+#include "pil_resample.h"
 #include "pyutil.h"
 #include "resize.h"
 
@@ -140,11 +141,13 @@ PYBIND11_MODULE(_preprocess, m) {
     m.doc() = "C++ image preprocessing for edgevlp.runtime.preprocess (use that module, not this one).";
     // Bumped when a function's signature or semantics change; the Python wrapper checks it.
     // 3: preprocess / preprocess_batch take a Params (built from a PreprocessSpec); Mode / Interp by name.
-    m.attr("ABI_VERSION") = 3;
+    // 4: pil_resize (Pillow's resampler, edgevlp.runtime.vlm_processing.pil_resize).
+    m.attr("ABI_VERSION") = 4;
     m.def("normalize", &normalize, py::arg("image"), py::arg("mean"), py::arg("std"),
           py::arg("scale") = 1.0 / 255.0, py::arg("swap_rb") = true, py::arg("out") = py::none(),
           "normalize(image, mean, std, scale=1/255, swap_rb=True, out=None) -> float32 (1, 3, H, W)\n\n"
           "uint8 HxWx3 frame (any strides) -> (src * scale - mean) / std, channels first; BGR -> RGB "
           "when swap_rb. Writes into and returns `out` when given. See edgevlp.runtime.preprocess.");
     edgevlp::register_resize(m);
+    edgevlp::register_pil_resample(m);
 }

@@ -63,7 +63,7 @@ __all__ = [
 #: Environment variable that picks the implementation of :func:`normalize` and :func:`preprocess`.
 ENV_VAR = "EDGEVLP_PREPROCESS"
 #: The ``ABI_VERSION`` of ``edgevlp._preprocess`` this module was written against.
-EXTENSION_ABI_VERSION = 3
+EXTENSION_ABI_VERSION = 4
 #: One call handles at most this many values (H * W * 3), as in the extension.
 _MAX_VALUES = 1 << 31
 

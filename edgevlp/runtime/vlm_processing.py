@@ -15,7 +15,8 @@ Reproduces, for ONE image, what transformers 4.57 does in
   ``apply_chat_template`` calls them (:class:`ChatTemplate`, :func:`build_prompt`).
 
 HF resizes with PIL. :func:`pil_resize` is a numpy port of Pillow's two-pass resampler (same
-kernels, same bounds, 22-bit fixed point on uint8, horizontal pass first), so the default
+kernels, same bounds, 22-bit fixed point on uint8, horizontal pass first), run by the C++ extension
+(``edgevlp._preprocess.pil_resize``, the same bytes, several times faster) when it is built, so the default
 ``method="pil"`` gives HF's pixels; ``method="cv2"`` (``cv2.resize``: LANCZOS4 up, AREA down) is
 faster and close (figures in ``tests/test_vlm_processing.py``). Pass order: Pillow 13 (installed
 here) runs the vertical pass first when the height shrinks and the width grows (matched here) and
@@ -39,6 +40,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
@@ -46,6 +48,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edgevlp.errors import DependencyError, InputError, ModelLoadError
+from edgevlp.runtime import preprocess as _pp
 from edgevlp.spec import _check_real, _check_side, _check_triplet, _is_int
 
 __all__ = ["ImageSplitSpec", "ImageSplitSpecError", "SplitImage", "split_image", "pil_resize",
@@ -56,6 +59,9 @@ IMAGE_PROCESSORS = ("Idefics3ImageProcessor", "SmolVLMImageProcessor")
 #: HF's ``MAX_IMAGE_SIZE``: the longest side after the first resize.
 MAX_IMAGE_SIDE = 4096
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
+#: :func:`pil_resize` limits, as in the extension: a side, and the values of a pass (input, output, between).
+_MAX_RESIZE_SIDE = 65536
+_MAX_RESIZE_VALUES = 1 << 31
 
 
 def _sinc(x: np.ndarray) -> np.ndarray:
@@ -123,13 +129,8 @@ def _resample_axis(img: np.ndarray, out_size: int, axis: int, resample: int) -> 
     return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
 
 
-def pil_resize(img: np.ndarray, height: int, width: int, resample: int = 1) -> np.ndarray:
-    """Resize a uint8 HxWxC image exactly as ``PIL.Image.resize((width, height), resample)`` does.
-
-    Example:
-        >>> pil_resize(np.full((4, 6, 3), 7, np.uint8), 2, 3).shape
-        (2, 3, 3)
-    """
+def _pil_resize_reference(img: np.ndarray, height: int, width: int, resample: int = 1) -> np.ndarray:
+    """The numpy port of Pillow's resampler (the reference of the extension's ``pil_resize``); no checks."""
     if img.shape[:2] == (height, width):
         return img.copy()
     if height < img.shape[0] and width > img.shape[1]:  # Pillow 13 goes vertical first here (measured)
@@ -139,6 +140,63 @@ def pil_resize(img: np.ndarray, height: int, width: int, resample: int = 1) -> n
     if img.shape[0] != height:
         img = _resample_axis(img, height, 0, resample)
     return img
+
+
+def _check_int(value: object, name: str, lo: int, hi: int, what: str) -> int:
+    """``operator.index(value)`` in lo..hi (numpy ints pass, bools do not), as the extension takes it."""
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        v = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+    if not lo <= v <= hi:
+        raise InputError(f"{name} must be {what}, got {value!r}")
+    return v
+
+
+def _check_resize_args(img: object, height: object, width: object, resample: object) -> tuple[int, int, int]:
+    """The extension's checks, same words: TypeError for a wrong type, InputError for a bad value."""
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f"img must be a numpy.ndarray (uint8 HxW or HxWxC), got {type(img).__name__}")
+    if img.dtype != np.uint8 or img.ndim not in (2, 3):
+        raise InputError(f"img must be uint8 HxW or HxWxC, got {img.dtype} with shape {img.shape}")
+    if img.size == 0:
+        raise InputError(f"img is empty (shape {img.shape}); expected H, W (and C) >= 1")
+    side = f"in 1..{_MAX_RESIZE_SIDE}"
+    h = _check_int(height, "height", 1, _MAX_RESIZE_SIDE, side)
+    w = _check_int(width, "width", 1, _MAX_RESIZE_SIDE, side)
+    r = _check_int(resample, "resample", 1, 5, "1 (LANCZOS), 2 (BILINEAR), 3 (BICUBIC), 4 (BOX) or 5 (HAMMING)")
+    channels = img.shape[2] if img.ndim == 3 else 1
+    if max(img.shape[0], h) * max(img.shape[1], w) * channels > _MAX_RESIZE_VALUES:
+        raise InputError(f"img is too large: shape {img.shape} resized to ({h}, {w}) needs more than "
+                         f"{_MAX_RESIZE_VALUES} values in one pass")
+    return h, w, r
+
+
+def pil_resize(img: np.ndarray, height: int, width: int, resample: int = 1) -> np.ndarray:
+    """Resize a uint8 HxWxC (or HxW) image exactly as ``PIL.Image.resize((width, height), resample)`` does.
+
+    ``resample``: 1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX, 5 HAMMING (``PIL.Image.Resampling``).
+    Runs the C++ extension (``edgevlp._preprocess.pil_resize``, same bytes) when it is built, else
+    the numpy port; ``EDGEVLP_PREPROCESS`` picks as for :mod:`edgevlp.runtime.preprocess`
+    (``reference``: numpy, ``extension``: the extension or :class:`ImportError`). Any strides.
+
+    Raises:
+        TypeError: ``img`` not an ndarray, a size or ``resample`` not an int.
+        InputError (a ValueError): not uint8 HxW / HxWxC, empty, a side outside 1..65536,
+            ``resample`` not in 1..5, or more than 2**31 values in a pass.
+
+    Example:
+        >>> pil_resize(np.full((4, 6, 3), 7, np.uint8), 2, 3).shape
+        (2, 3, 3)
+    """
+    height, width, resample = _check_resize_args(img, height, width, resample)
+    ext = _pp._ext if _pp.backend_name() == "extension" else None
+    fn = getattr(ext, "pil_resize", None)
+    if fn is None:
+        return _pil_resize_reference(img, height, width, resample)
+    return fn(np.ascontiguousarray(img), height, width, resample)
 
 
 def _cv2_resize(img: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
