@@ -206,7 +206,27 @@ def test_four_bits_only_for_weight_only_on_onnxruntime() -> None:
     QuantConfig(method="weight_only", weights=QuantScheme(bits=4, block_size=64))
     with pytest.raises(RecipeError, match="weights.bits"):
         QuantConfig(method="ptq_static", weights=QuantScheme(bits=4, per_channel=True))
+    QuantConfig(method="weight_only", backend="openvino", weights=QuantScheme(bits=4))  # NNCF INT4
     with pytest.raises(RecipeError, match="block_size"):
         QuantScheme(bits=4, block_size=48)
     with pytest.raises(RecipeError, match="bits"):
         QuantScheme(bits=3)
+
+
+def test_int4_decoder_on_openvino(tmp_path, photos_bgr) -> None:
+    """recipes/smolvlm-int4-openvino.toml: NNCF INT4 weight compression of the decoder, exported as IR
+    with --target openvino; the runtime answers on OpenVINO."""
+    import json
+
+    from edgevlp.compress import compress_model
+    from edgevlp.export import export_model
+    from edgevlp.runtime import load
+
+    out = tmp_path / "c"
+    compress_model(SmolVLMAdapter.tiny(), "recipes/smolvlm-int4-openvino.toml", out, progress=False, cache=False)
+    record = json.loads((out / "compression.json").read_text())
+    assert record["precision"] == "int4" and list(record["openvino_graphs"]) == ["decoder"]
+    manifest = export_model(out, tmp_path / "b", target="openvino", progress=False)
+    assert manifest.precision == "int4" and manifest.graphs["decoder"].format == "openvino"
+    answer = load(tmp_path / "b").ask(photos_bgr["coffee"], "what is it?", max_new_tokens=4)
+    assert len(answer.token_ids) >= 1

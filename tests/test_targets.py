@@ -105,6 +105,8 @@ def test_unknown_target_lists_the_table() -> None:
 
 def test_bad_rows_are_refused() -> None:
     with pytest.raises(ValueError, match="precision"):
+        Target("x", "m:f", "cpu", ("onnx",), "int2", ("onnxruntime",), "cpu")
+    with pytest.raises(ValueError, match="precision"):  # int4 graphs come from `edgevlp compress` only
         Target("x", "m:f", "cpu", ("onnx",), "int4", ("onnxruntime",), "cpu")
     with pytest.raises(ValueError, match="module:function"):
         Target("x", "m.f", "cpu", ("onnx",), "fp32", ("onnxruntime",), "cpu")

@@ -1,7 +1,7 @@
 """OpenVINO backend: NNCF INT8 on IR converted from the FP32 ONNX (``.int8.xml`` + ``.bin``).
 
 ``ptq_static``: ``nncf.quantize(model_type=TRANSFORMER)`` with the calibration feeds (MinMax or quantile
-range estimators); ``weight_only``: ``nncf.compress_weights`` (INT8_SYM / INT8_ASYM). Nodes the recipe
+range estimators); ``weight_only``: ``nncf.compress_weights`` (INT8_SYM / INT8_ASYM, or INT4 in groups with ``bits = 4``). Nodes the recipe
 or the fallback keeps in FP32 are passed as an ``IgnoredScope`` of the OpenVINO operations that produce
 the ONNX nodes' output tensors (best effort: ``validate=False``, since conversion may fuse some of them).
 
@@ -77,9 +77,14 @@ class OpenVINOBackend:
                                                   if n in outputs}), validate=False)
         calib = getattr(self, "_calib", None)
         if scheme == "weight_only":
-            mode = nncf.CompressWeightsMode.INT8_SYM if cfg.weights.symmetric else nncf.CompressWeightsMode.INT8_ASYM
-            model = nncf.compress_weights(model, mode=mode, ignored_scope=ignored)
-            details = {"format": f"OpenVINO IR, nncf.compress_weights {mode.name}", "weights": "int8"}
+            w = cfg.weights
+            kind = f"INT{w.bits}_{'SYM' if w.symmetric else 'ASYM'}"
+            mode = getattr(nncf.CompressWeightsMode, kind)
+            extra = {"group_size": w.block_size, "ratio": 1.0} if w.bits == 4 else {}  # 4-bit: every layer, groups
+            model = nncf.compress_weights(model, mode=mode, ignored_scope=ignored, **extra)
+            details = {"format": f"OpenVINO IR, nncf.compress_weights {mode.name}"
+                                 + (f", groups of {w.block_size}" if w.bits == 4 else ""),
+                       "weights": f"int{w.bits}", "bits": w.bits}
         elif scheme == "ptq_static":
             if not calib:
                 raise ValueError("static INT8 needs calibration feeds: call calibrate() first")

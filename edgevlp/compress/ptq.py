@@ -195,7 +195,10 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
     model = onnx.load(str(src), load_external_data=False)
     skip = {n.name for n in model.graph.node if not selected(cfg, role, n)}
     compute = [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
-    if compute and all(n.name in skip for n in compute):
+    if not compute:
+        state.log(f"{role}: kept in FP32 (no {'/'.join(sorted(COMPUTE_OPS))} layer to quantise)")
+        return {"quantized": False, "reason": "no layer to quantise"}
+    if all(n.name in skip for n in compute):
         state.log(f"{role}: kept in FP32 (the recipe's include/exclude select none of its layers)")
         return {"quantized": False, "reason": "include/exclude patterns select none of its layers"}
     t_start = time.perf_counter()

@@ -257,10 +257,11 @@ class CalibrationConfig(_Config):
 class QuantScheme(_Config):
     """Integer scheme of a tensor kind: symmetric (zero point 0) or asymmetric; per-channel or per-tensor.
 
-    For weights of ``method = "weight_only"`` on onnxruntime (``MatMulNBits``): ``bits`` 8 or 4,
-    ``block_size`` weights per scale (a power of two >= 16) and ``accuracy_level``, the compute type
-    of the kernel: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (activations quantised per block at run
-    time: the fast one on VNNI / dot-product CPUs). Everything else is 8-bit.
+    For weights of ``method = "weight_only"``: ``bits`` 8 or 4 and ``block_size`` weights per scale (a
+    power of two >= 16; onnxruntime ``MatMulNBits`` blocks, NNCF's INT4 ``group_size``); on onnxruntime
+    ``accuracy_level``, the compute type of the kernel: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
+    (activations quantised per block at run time: the fast one on VNNI / dot-product CPUs). Everything
+    else is 8-bit.
     """
 
     symmetric: bool = True
@@ -357,9 +358,9 @@ class QuantConfig(_Config):
         if self.activations.bits != 8:
             raise _bad("activations.bits", self.activations.bits, "8 (4 bits apply to weight-only weights)",
                        "QuantConfig")
-        if self.weights.bits != 8 and (self.method != "weight_only" or self.backend != "onnxruntime"):
-            raise _bad("weights.bits", self.weights.bits, "8, or 4 with method 'weight_only' and backend "
-                       "'onnxruntime' (MatMulNBits)", "QuantConfig")
+        if self.weights.bits != 8 and self.method != "weight_only":
+            raise _bad("weights.bits", self.weights.bits, "8, or 4 with method 'weight_only' (onnxruntime "
+                       "MatMulNBits, NNCF INT4 weight compression)", "QuantConfig")
         if self.method == "qat" and self.train is None:
             raise self._fail("train", "a [train] table (DistillConfig: steps, lr, ...) for method 'qat'")
         if self.method != "qat" and self.train is not None:

@@ -219,7 +219,7 @@ def export_precision(record: CompressionRecord | Mapping[str, Any], asked: str |
         raise InputError(f"{where} was quantised for OpenVINO (IR: {', '.join(sorted(ir))}); export it with "
                          f"{readers}, or re-run `edgevlp compress` with backend = \"onnxruntime\" for "
                          f"--target {target}")
-    if precision == "int4" and "onnxruntime" not in row.backends:
+    if precision == "int4" and onnx_graphs and "onnxruntime" not in row.backends:
         readers = " or ".join(f"--target {t.name}" for t in TARGETS.values() if "onnxruntime" in t.backends)
         raise InputError(f"{where} holds 4-bit MatMulNBits graphs, which only onnxruntime runs: export it with "
                          f"{readers}")

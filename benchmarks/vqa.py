@@ -1,0 +1,93 @@
+"""A VLM bundle (task vqa: SmolVLM, Idefics3) answering about a real photo, against transformers, in one run.
+
+Per bundle and backend, for the image split into tiles (the processor's default) and unsplit (the global
+image only): end to end ``Assistant.ask(frame, question)`` with exactly ``--tokens`` new tokens
+(``min_new_tokens``: random-weight presets would stop at once), its stages (preprocess, vision encode,
+prefill, decode per token), and the same for transformers (``Idefics3Processor`` + ``generate``, the
+processor's preprocessing included), with the ratios. Decode per token is ``(t_n - t_1) / (n - 1)`` on
+both sides. The reference model is the bundle's source (``--model``, e.g. ``arch:smolvlm-256m``).
+
+Run: ``.venv/bin/python benchmarks/vqa.py bundles/smolvlm-cpu [bundles/smolvlm-int4] --model arch:smolvlm-256m``
+(``--backends onnxruntime,openvino``; ``--photo chelsea``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+
+
+def _ms(call) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    call()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundles", nargs="+")
+    p.add_argument("--model", required=True, help="the bundles' source model (dir, hub id in the cache, arch:NAME)")
+    p.add_argument("--backends", default="onnxruntime,openvino")
+    p.add_argument("--photo", default="chelsea", help="a scikit-image photo (astronaut, coffee, chelsea)")
+    p.add_argument("--question", default="What is in this image?")
+    p.add_argument("--tokens", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the reference")
+    args = p.parse_args()
+
+    import torch
+    from skimage import data
+
+    from edgevlp.bundle import read_manifest
+    from edgevlp.models import load_model
+    from edgevlp.runtime import load
+
+    torch.set_num_threads(args.threads)
+    rgb = getattr(data, args.photo)()
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    q, n = args.question, args.tokens
+    adapter = load_model(args.model)
+    print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs; photo {args.photo} {rgb.shape[1]}x"
+          f"{rgb.shape[0]}; {n} new tokens; reference: transformers Idefics3Processor + generate, FP32, "
+          f"{args.threads} torch threads\n")
+    print("| bundle | engine / precision | tiles | prompt tokens | ms/answer | preprocess | encode | prefill | "
+          "decode ms/token | speed-up | decode speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for split in (True, False):
+        ref = lambda k: adapter.answer_ids(rgb, q, k, splitting=split, min_new_tokens=k)  # noqa: E731
+        ref(2)  # warm-up
+        h_n, h_1 = _ms(lambda: ref(n)), _ms(lambda: ref(1))
+        h_tok = (h_n - h_1) / (n - 1)
+        rows = []
+        for bundle in args.bundles:
+            manifest = read_manifest(bundle, verify=False)
+            for backend in args.backends.split(","):
+                try:
+                    vlm = load(bundle, backend=backend)
+                except Exception as err:  # noqa: BLE001 - e.g. OpenVINO cannot read MatMulNBits
+                    rows.append(f"| {bundle} | {backend} {manifest.precision} | - | - | {type(err).__name__} | "
+                                "| | | | | |")
+                    continue
+                ask = lambda k: vlm.ask(bgr, q, max_new_tokens=k, min_new_tokens=k, image_splitting=split)  # noqa: E731
+                ask(2)
+                answer = None
+
+                def run() -> None:
+                    nonlocal answer
+                    answer = ask(n)
+
+                o_n, o_1 = _ms(run), _ms(lambda: ask(1))
+                o_tok = (o_n - o_1) / (n - 1)
+                t = answer.timings  # type: ignore[union-attr]
+                rows.append(f"| {bundle} | {backend} {manifest.precision} | {answer.images} | {answer.prompt_tokens} | "  # type: ignore[union-attr]
+                            f"{o_n:.0f} | {t['preprocess']:.0f} | {t['encode']:.0f} | {t['prefill']:.0f} | "
+                            f"{o_tok:.1f} | **{h_n / o_n:.2f}x** | {h_tok / o_tok:.2f}x |")
+        print("\n".join(rows))
+        print(f"| transformers eager | pytorch fp32 | {'split' if split else 1} | | {h_n:.0f} | | | | {h_tok:.1f} | "
+              "1.00x | 1.00x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
