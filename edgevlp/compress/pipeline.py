@@ -77,15 +77,18 @@ def _record(state: CompressState, recipe: Recipe, stages: list[dict[str, Any]]) 
     quant = next((st for st in stages if st.get("stage") == "quant"), {})
     graphs = {r: g for r, g in (quant.get("graphs") or {}).items() if g.get("quantized")}
     cfg = recipe.quant
-    fallback = cfg.fallback if cfg is not None else None
+    # the loosest tolerance any quantised graph was held to (graphs.ROLE tables may set their own)
+    fallbacks = [c.fallback for c in ([cfg.for_role(r) for r in graphs] or [cfg]) if c.fallback] if cfg else []
+    cosines = [f.min_cosine for f in fallbacks if f.min_cosine is not None]
+    rel = [f.max_rel_diff for f in fallbacks if f.max_rel_diff is not None]
     # OpenVINO IR (not .onnx): `edgevlp export --target openvino` copies it as it is
     four_bit = any(g.get("bits") == 4 for g in graphs.values())
     return CompressionRecord(
         base_model="model", precision=("int4" if four_bit else "int8") if state.quantized else None,
         graphs={r: f for r, f in state.quantized.items() if f.endswith(".onnx")},
         schemes={r: g.get("scheme", cfg.method if cfg else "ptq_static") for r, g in graphs.items()},
-        parity={"min_cosine": fallback.min_cosine if fallback else None,
-                "max_rel_diff": fallback.max_rel_diff if fallback else None,
+        parity={"min_cosine": min(cosines) if cosines else None,
+                "max_rel_diff": max(rel) if rel else None,
                 "measured": {r: g["min_cosine"] for r, g in graphs.items() if "min_cosine" in g}},
         recipe=recipe.to_dict(),
         openvino_graphs={r: f for r, f in state.quantized.items() if not f.endswith(".onnx")})

@@ -148,7 +148,8 @@ def _quantize(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
     for role, src in graphs.items():
         feeds = _spread(calib[role], cfg.calibration.max_samples)
         report["calibration"]["samples"][role] = len(feeds)
-        report["graphs"][role] = _quantize_graph(state, backend, cfg, role, src, feeds, evals[role], work)
+        report["graphs"][role] = _quantize_graph(state, backend, cfg.for_role(role), role, src, feeds, evals[role],
+                                                 work)
     return report
 
 

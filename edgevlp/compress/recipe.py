@@ -88,6 +88,8 @@ def _type_ok(value: Any, tp: Any) -> bool:
     if origin is tuple:
         item = typing.get_args(tp)[0]
         return isinstance(value, tuple) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
     return isinstance(value, tp)
 
 
@@ -101,6 +103,8 @@ def _type_text(tp: Any) -> str:
         return f"a list of {_type_text(typing.get_args(tp)[0])}"
     if dataclasses.is_dataclass(tp):
         return f"a table ({tp.__name__})"
+    if origin is dict:
+        return "a table of tables"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -325,6 +329,11 @@ class QuantConfig(_Config):
     stay within ``fallback.min_cosine`` (and ``max_rel_diff``) of FP32; without a fallback table, the
     fastest. ``weight_only`` on onnxruntime is blockwise (``MatMulNBits``, 32 weights per scale) whatever
     ``weights.per_channel`` says (which applies to the other two).
+
+    ``graphs``: per graph role, a table overriding this stage's ``method``, ``schemes``, ``weights``,
+    ``activations``, ``include``, ``exclude``, ``op_types`` and ``fallback`` for that graph (e.g. a 4-bit
+    weight-only ``decoder`` beside a static INT8 ``vision_encoder``); :meth:`for_role` gives the
+    resulting config. Backend and calibration are the stage's.
     """
 
     method: str = "ptq_static"
@@ -338,6 +347,28 @@ class QuantConfig(_Config):
     schemes: tuple[str, ...] = ()
     fallback: FallbackConfig | None = None
     train: DistillConfig | None = None
+    graphs: dict[str, Any] = field(default_factory=dict)
+
+    #: the keys a ``graphs.ROLE`` table may override
+    ROLE_KEYS: typing.ClassVar[tuple[str, ...]] = ("method", "schemes", "weights", "activations", "include",
+                                                   "exclude", "op_types", "fallback")
+
+    def for_role(self, role: str) -> "QuantConfig":
+        """This stage's config for graph ``role``: its ``graphs.ROLE`` table merged over the rest.
+
+        Example:
+            >>> cfg = QuantConfig(method="ptq_static", graphs={"decoder": {"method": "weight_only",
+            ...                                                           "weights": {"bits": 4}}})
+            >>> cfg.for_role("decoder").weights.bits, cfg.for_role("vision_encoder").method
+            (4, 'ptq_static')
+        """
+        override = self.graphs.get(role)
+        if not override:
+            return self
+        base = {k: v for k, v in self.to_dict().items() if k != "graphs"}
+        for key, value in override.items():
+            base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) and key != "fallback" else value
+        return _build(QuantConfig, base, f"graphs.{role}.", "recipe")
 
     def _validate(self) -> None:
         self._choice("method", QUANT_METHODS)
@@ -365,6 +396,7 @@ class QuantConfig(_Config):
             raise self._fail("train", "a [train] table (DistillConfig: steps, lr, ...) for method 'qat'")
         if self.method != "qat" and self.train is not None:
             raise self._fail("train", f"no [train] table: only method 'qat' trains (method is {self.method!r})")
+        self._validate_roles()
         if self.method == "weight_only" and self.backend == "onnxruntime" and self.weights.per_channel:
             raise _bad("weights.per_channel", True, "false for method 'weight_only' on onnxruntime (its "
                        "MatMulNBits INT8 weights are blockwise, one scale per 32 weights)", "QuantConfig")
@@ -377,6 +409,16 @@ class QuantConfig(_Config):
                 raise _bad("calibration.method", "entropy",
                            "'minmax' or 'percentile' for backend 'openvino' (entropy is onnxruntime-only)",
                            "QuantConfig")
+
+    def _validate_roles(self) -> None:
+        for role, override in self.graphs.items():
+            if not isinstance(override, dict) or not override:
+                raise _bad(f"graphs.{role}", override, "a non-empty table of overrides", "QuantConfig")
+            bad = sorted(set(override) - set(self.ROLE_KEYS))
+            if bad:
+                raise _bad(f"graphs.{role}.{bad[0]}", override[bad[0]], "one of the keys "
+                           + ", ".join(self.ROLE_KEYS) + " (backend and calibration are the stage's)", "QuantConfig")
+            self.for_role(role)  # validates the merged config
 
     def candidate_schemes(self) -> tuple[str, ...]:
         """The INT8 schemes to try on each graph: ``(method,)``, or for ``auto`` its ``schemes`` (default:

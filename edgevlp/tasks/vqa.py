@@ -6,8 +6,10 @@ prompt (chat template, image splitting, image-token expansion) is built by the t
 the manifest; parity on the image features and on the greedy answer tokens against transformers
 ``generate`` for real photos split into one and into several tiles.
 
-Not landed yet for this task (each raises :class:`~edgevlp.errors.NotAvailableYet` saying so): its
-compression stages (calibration feeds, pruning signals, distillation) and ``edgevlp eval``.
+Calibration feeds (for ``edgevlp compress``'s quantisation, e.g. the 4-bit weight-only decoder of
+``recipes/smolvlm-int4.toml``) run the FP32 graphs on each frame unsplit. Not landed yet for this task
+(each raises :class:`~edgevlp.errors.NotAvailableYet` saying so): pruning signals, distillation and
+``edgevlp eval``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ PARITY_QUESTION = "What is in this image?"
 
 
 def _not_yet(what: str) -> NotAvailableYet:
-    return NotAvailableYet(f"{what} for vqa models (SmolVLM, Idefics3) has not landed yet (issue #16: INT4 "
-                           "decoders, pruning and distillation); export the model as is with `edgevlp export`")
+    return NotAvailableYet(f"{what} for vqa models (SmolVLM, Idefics3) has not landed yet (issue #16: pruning "
+                           "and distillation); quantise with recipes/smolvlm-int4.toml or export as is")
 
 
 class VQATask(Task):
