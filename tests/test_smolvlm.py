@@ -239,3 +239,51 @@ def test_int4_decoder_on_openvino(tmp_path, photos_bgr) -> None:
     assert manifest.precision == "int4" and manifest.graphs["decoder"].format == "openvino"
     answer = load(tmp_path / "b").ask(photos_bgr["coffee"], "what is it?", max_new_tokens=4)
     assert len(answer.token_ids) >= 1
+
+
+def test_extreme_frames_and_long_questions(bundles) -> None:
+    """A 1x1 and a 10000x10 frame are answered (tiled as the processor tiles them); a question past the
+    context, bytes and a non-frame are clear errors."""
+    from edgevlp.runtime import load
+
+    vlm = load(bundles("SmolVLMForConditionalGeneration"))
+    for shape in ((1, 1, 3), (10000, 10, 3)):
+        answer = vlm.ask(np.full(shape, 128, np.uint8), "what?", max_new_tokens=2)
+        assert answer.images >= 1 and len(answer.token_ids) >= 1
+    with pytest.raises(InputError, match="context of 512"):
+        vlm.ask(np.zeros((40, 40, 3), np.uint8), "cat " * 600, max_new_tokens=2)
+    with pytest.raises(InputError, match="question string"):
+        vlm.ask(np.zeros((40, 40, 3), np.uint8), b"\xff\xfe what")
+    with pytest.raises(InputError, match="uint8 HxWx3 BGR"):
+        vlm.ask(np.zeros((40, 40), np.float32), "what?")
+
+
+def test_question_file_changes_the_question_while_running(exported, tmp_path) -> None:
+    from edgevlp.app import AppConfig
+    from edgevlp.app.config import Cadence
+    from edgevlp.app.pipeline import run_app
+    from edgevlp.runtime import load
+    from tests.test_app import FakeDetector, make_clip
+
+    clip = make_clip(tmp_path, frames=8)
+    ask = tmp_path / "question.txt"
+    ask.write_text("what colour is the circle?\n")
+    vlm = load(exported("SmolVLMForConditionalGeneration"))
+    seen = []
+
+    def edit(frame: int) -> None:
+        if frame == 3:
+            ask.write_text("is there a square?")
+        if frame == 6:
+            ask.write_text("   ")  # emptied: the question stays, the app says why
+        seen.append(frame)
+
+    events: list[str] = []
+    config = AppConfig(source=str(clip), prompts=("red circle",), ask_file=str(ask), prompts_poll_s=0.0,
+                       caption_every=Cadence(1, "frames"),
+                       max_new_tokens=3, headless=True)
+    summary = run_app(config, assistant=vlm, detector=FakeDetector(on_detect=edit), on_event=events.append)
+    assert summary["frames"] == 8 and summary["question"] == "is there a square?"
+    assert summary["question_changes"] == 1
+    assert any("question now: is there a square?" in e for e in events)
+    assert any("question unchanged" in e and "empty" in e for e in events)

@@ -90,6 +90,8 @@ class AppConfig:
     #: the question a vqa bundle answers about the newest frame at ``caption_every`` (None: its default
     #: captioning prompt)
     ask: str | None = None
+    #: a file holding the question, re-read when it changes (as ``prompts_file``)
+    ask_file: str | None = None
     headless: bool = False
     output: str | None = None
     force: bool = False
@@ -135,6 +137,7 @@ class AppConfig:
                    caption_every=parse_cadence(args.ask_every if getattr(args, "ask_every", None) is not None
                                                else args.caption_every),
                    max_new_tokens=args.max_new_tokens, ask=getattr(args, "ask", None),
+                   ask_file=getattr(args, "ask_file", None),
                    headless=args.headless, output=args.output, force=args.force, max_frames=args.max_frames,
                    fps_limit=args.fps_limit, timeout_s=args.timeout, reconnect=args.reconnect,
                    backoff_s=args.backoff, backoff_max_s=args.backoff_max, queue_size=args.queue_size)
@@ -183,6 +186,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, bundles: bool = True) -> No
     mod.add_argument("--ask", metavar="QUESTION",
                      help='with a VLM (vqa) bundle: the question answered about the newest frame, e.g. '
                           '"is anyone at the door?" (default: its captioning prompt)')
+    mod.add_argument("--ask-file", metavar="FILE",
+                     help="a file holding the question, re-read when it changes (edit it while the app runs)")
     mod.add_argument("--ask-every", metavar="S|Nf", help="how often --ask is answered (as --caption-every)")
     mod.add_argument("--max-new-tokens", type=int, metavar="N", help="caption length limit (default: bundle's)")
     mod.add_argument("--backend", help="inference backend (default: the bundle target's first installed one)")

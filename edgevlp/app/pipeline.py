@@ -28,7 +28,7 @@ import numpy as np
 from edgevlp.app.capture import Backoff, Capture, Frame, FrameSlot, VideoSource, open_source
 from edgevlp.app.config import AppConfig
 from edgevlp.app.overlay import render
-from edgevlp.app.prompts import PromptsFile
+from edgevlp.app.prompts import PromptsFile, parse_question_text
 from edgevlp.app.sinks import FileSink, WindowSink
 from edgevlp.errors import EdgeVLPError, InputError, SourceError
 
@@ -205,6 +205,10 @@ class _Run:
         self.stats = LatencyStats()
         self.prompts: list[str] = list(config.prompts)
         self.watcher = PromptsFile(config.prompts_file, config.prompts_poll_s) if config.prompts_file else None
+        self.asking = captioner if isinstance(captioner, Asking) else None
+        self.question_file = PromptsFile(config.ask_file, config.prompts_poll_s, parse=parse_question_text,
+                                         what="question") if config.ask_file else None
+        self.question_changes = 0
         self.processed = 0
         self.prompt_changes = 0
         self.last_caption_seq = 0
@@ -227,6 +231,29 @@ class _Run:
         if not self.prompts:
             raise InputError("the detector needs prompts: pass --prompts \"cup, person\" or --prompts-file FILE")
         self.detector.set_prompts(self.prompts)
+
+    def start_question(self) -> None:
+        if self.question_file is None:
+            return
+        if self.asking is None:
+            raise InputError("--ask-file needs a VLM bundle (task vqa); none was given")
+        if self.config.ask is not None:
+            self.question_file.mark_seen()  # --ask first; a later change of the file replaces it
+        else:
+            self.asking.question = self.question_file.read()[0]
+
+    def check_question(self) -> None:
+        if self.question_file is None or self.asking is None:
+            return
+        try:
+            new = self.question_file.poll()
+        except InputError as err:
+            self.on_event(f"question unchanged: {err}")
+            return
+        if new:
+            self.asking.question = new[0]
+            self.question_changes += 1
+            self.on_event(f"question now: {new[0]}")
 
     def check_prompts(self, force: bool = False) -> dict[str, float]:
         if self.watcher is None or self.detector is None:
@@ -285,6 +312,9 @@ class _Run:
         if self.detector is not None:
             text = ", ".join(self.prompts)
             lines.append("prompts: " + (text if len(text) <= 60 else text[:57] + "..."))
+        if self.asking is not None and self.asking.question:
+            q = self.asking.question
+            lines.append("Q: " + (q if len(q) <= 60 else q[:57] + "..."))
         return lines
 
     def tick(self, now: float) -> None:
@@ -299,6 +329,7 @@ class _Run:
         config, detector = self.config, self.detector
         t_start = time.perf_counter()
         timings = self.check_prompts()
+        self.check_question()
         detections = None
         if detector is not None:
             t0 = time.perf_counter()
@@ -358,8 +389,11 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, a
     if captioner is None and detector is None:
         raise InputError("no model: pass a captioner bundle (task caption) and/or a detector bundle (task detect)")
     events = on_event or (lambda message: log.warning("%s", message))
+    if config.ask_file is not None and assistant is None:
+        raise InputError("--ask-file needs a VLM bundle (task vqa, e.g. an exported SmolVLM); none was given")
     run = _Run(config, captioner, detector, events)
     run.start_prompts()
+    run.start_question()
     own_window = window is None and not config.headless
     if own_window:
         window = WindowSink()
@@ -427,7 +461,8 @@ def _summary(config: AppConfig, run: _Run, capture: Capture, stopped: str, error
         "captions": captions, "captions_per_s": round(captions / duration, 2) if duration > 0 else None,
         "reconnects": capture.reconnects, "stopped": stopped, "error": error, "source": config.source,
         "models": {"captioner": _model_info(captioner), "detector": _model_info(detector)},
-        **({"question": config.ask} if config.ask is not None else {}),
+        **({"question": run.asking.question, "question_changes": run.question_changes}
+           if run.asking is not None else {}),
         "prompts": run.prompts if detector is not None else None, "prompt_changes": run.prompt_changes,
         "latency_ms": run.stats.summary(),
         "outputs": {k: str(v) for k, v in sink.paths.items()} if sink is not None else None,

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edgevlp.app.config import parse_prompt_text
 from edgevlp.errors import InputError
 
-__all__ = ["PromptsFile"]
+__all__ = ["PromptsFile", "parse_question_text"]
+
+
+def parse_question_text(text: str) -> list[str]:
+    """A question file's text as a one-item list (the whole text, whitespace collapsed), or ``[]``.
+
+    Example:
+        >>> parse_question_text("  is anyone\n at the door? ")
+        ['is anyone at the door?']
+    """
+    question = " ".join(str(text).split())
+    return [question] if question else []
 
 
 class PromptsFile:
@@ -33,9 +45,11 @@ class PromptsFile:
         True
     """
 
-    def __init__(self, path: str | os.PathLike[str], poll_s: float = 0.5) -> None:
+    def __init__(self, path: str | os.PathLike[str], poll_s: float = 0.5, *,
+                 parse: Callable[[str], list[str]] = parse_prompt_text, what: str = "prompts") -> None:
         self.path = Path(path)
         self.poll_s = float(poll_s)
+        self.parse, self.what = parse, what
         self._stamp: tuple[int, int] | None = None
         self._prompts: list[str] | None = None
         self._next_poll = 0.0
@@ -54,11 +68,12 @@ class PromptsFile:
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             self._stamp = stamp
-            raise InputError(f"cannot read prompts file {self.path}: {err}") from None
-        prompts = parse_prompt_text(text)
+            raise InputError(f"cannot read {self.what} file {self.path}: {err}") from None
+        prompts = self.parse(text)
         self._stamp = stamp
         if not prompts:
-            raise InputError(f"prompts file {self.path} holds no prompt; write e.g. 'cup, person'")
+            raise InputError(f"{self.what} file {self.path} is empty; write e.g. "
+                             + ("'cup, person'" if self.what == "prompts" else "'is anyone at the door?'"))
         self._prompts = prompts
         return prompts
 

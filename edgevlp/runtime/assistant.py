@@ -149,6 +149,12 @@ class Assistant(BundleModel):
             dataclasses.replace(self.split_spec, do_image_splitting=bool(image_splitting))
         split = split_image(frame, spec)
         ids = self.prompt_ids(question, split.rows, split.cols)
+        limit = self.generation.get("max_length")
+        if limit is not None and len(ids) + max_new > int(limit):
+            raise InputError(f"the prompt is {len(ids)} tokens ({split.pixel_values.shape[1]} images of "
+                             f"{self.prompt['image_seq_len']} tokens and the question) and {max_new} new tokens "
+                             f"would pass the model's context of {limit}: shorten the question, lower "
+                             "max_new_tokens, or pass image_splitting=False")
         t1 = time.perf_counter()
         features = self.encode(split.pixel_values, split.pixel_attention_mask)
         t2 = time.perf_counter()
