@@ -72,8 +72,9 @@ class PromptsFile:
         prompts = self.parse(text)
         self._stamp = stamp
         if not prompts:
-            raise InputError(f"{self.what} file {self.path} is empty; write e.g. "
-                             + ("'cup, person'" if self.what == "prompts" else "'is anyone at the door?'"))
+            example = "holds no prompt; write e.g. 'cup, person'" if self.what == "prompts" else \
+                "is empty; write e.g. 'is anyone at the door?'"
+            raise InputError(f"{self.what} file {self.path} {example}")
         self._prompts = prompts
         return prompts
 

@@ -23,6 +23,7 @@ from transformers.cache_utils import DynamicCache
 
 from edgevlp.bundle import TensorSpec
 from edgevlp.export.graphs import GraphExport, decoder_past_names
+from edgevlp.export.patches import GROUPED_ATTENTION, attention_implementation
 from edgevlp.models.base import AssistantAdapter
 
 __all__ = ["assistant_graphs"]
@@ -62,7 +63,9 @@ class _Decoder(torch.nn.Module):
         cache = DynamicCache()
         for i in range(self.num_layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        logits, cache = self._call(inputs_embeds, attention_mask, position_ids, cache)
+        # the cache is read once per kv head, not copied per query head (edgevlp.export.patches)
+        with attention_implementation(self.model.model.text_model, GROUPED_ATTENTION):
+            logits, cache = self._call(inputs_embeds, attention_mask, position_ids, cache)
         present = [t for layer in cache.layers[: self.num_layers] for t in (layer.keys, layer.values)]
         return (logits, *present)
 
