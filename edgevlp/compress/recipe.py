@@ -347,7 +347,7 @@ class QuantConfig(_Config):
     schemes: tuple[str, ...] = ()
     fallback: FallbackConfig | None = None
     train: DistillConfig | None = None
-    graphs: dict[str, Any] = field(default_factory=dict)
+    graphs: dict[str, Any] = field(default_factory=dict, hash=False)  # compared, not hashed (a dict)
 
     #: the keys a ``graphs.ROLE`` table may override
     ROLE_KEYS: typing.ClassVar[tuple[str, ...]] = ("method", "schemes", "weights", "activations", "include",
