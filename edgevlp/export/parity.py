@@ -31,6 +31,8 @@ __all__ = ["PROMPT_SETS", "parity_photos", "parity_pixels", "check_parity", "cap
 
 PROMPT_SETS = (["a photo of a cat", "red circle"], ["blue square", "a small green triangle", "dog"])
 PHOTOS = ("astronaut", "coffee")
+#: The question a VLM's parity asks besides its default (captioning) prompt.
+VQA_QUESTION = "What is in this image?"
 
 
 def parity_photos() -> dict[str, np.ndarray]:
@@ -132,13 +134,12 @@ def assistant_parity(adapter: Any, model: Any, diffs: _Diffs, new_tokens: int) -
     prompt ids against the processor's, and the greedy answer (runtime preprocessing end to end)
     against transformers ``generate``, for the default prompt and one question."""
     from edgevlp.runtime.vlm_processing import split_image
-    from edgevlp.tasks.vqa import PARITY_QUESTION
 
     splittings = (True, False) if model.split_spec.do_image_splitting else (False,)
     cases, identical, prompts_identical = [], True, True
     for name, rgb in parity_photos().items():
         bgr = np.ascontiguousarray(rgb[..., ::-1])
-        for split, question in zip(splittings, (adapter.default_prompt, PARITY_QUESTION)):
+        for split, question in zip(splittings, (adapter.default_prompt, VQA_QUESTION)):
             ref = adapter.reference_inputs(rgb, question, split)
             mask = ref["pixel_attention_mask"]
             got = model.vision.run({"pixel_values": ref["pixel_values"].numpy(),

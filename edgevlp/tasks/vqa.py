@@ -23,10 +23,6 @@ from edgevlp.tasks.base import Task
 
 __all__ = ["VQATask", "VQA"]
 
-#: Parity questions (the default captioning prompt is asked too).
-PARITY_QUESTION = "What is in this image?"
-
-
 def _not_yet(what: str) -> NotAvailableYet:
     return NotAvailableYet(f"{what} for vqa models (SmolVLM, Idefics3) has not landed yet (issue #16: pruning "
                            "and distillation); quantise with recipes/smolvlm-int4.toml or export as is")
