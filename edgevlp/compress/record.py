@@ -221,8 +221,9 @@ def export_precision(record: CompressionRecord | Mapping[str, Any], asked: str |
                          f"--target {target}")
     if precision == "int4" and onnx_graphs and "onnxruntime" not in row.backends:
         readers = " or ".join(f"--target {t.name}" for t in TARGETS.values() if "onnxruntime" in t.backends)
-        raise InputError(f"{where} holds 4-bit MatMulNBits graphs, which only onnxruntime runs: export it with "
-                         f"{readers}")
+        raise InputError(f"{where} holds 4-bit MatMulNBits graphs (onnxruntime's com.microsoft op), which "
+                         f"this target's writer does not convert: export it with {readers}, or compress with "
+                         "recipes/smolvlm-int4-openvino.toml for --target openvino")
     if "tensorrt" in row.formats:
         other = {r: s for r, s in record.schemes.items() if r in onnx_graphs and s not in QDQ_SCHEMES}
         if other:
