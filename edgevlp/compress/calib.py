@@ -150,7 +150,7 @@ def assistant_feeds(adapter: ModelAdapter, graphs: dict[str, Path], frames: list
 
     import onnxruntime as ort
 
-    from edgevlp.runtime.assistant import chat_prompt, merge_image_features
+    from edgevlp.runtime.assistant import chat_prompt, merge_image_features, step_feeds
     from edgevlp.runtime.vlm_processing import ChatTemplate, ImageSplitSpec, split_image
 
     opts = ort.SessionOptions()
@@ -176,12 +176,10 @@ def assistant_feeds(adapter: ModelAdapter, graphs: dict[str, Path], frames: list
         past = {n: np.zeros((1, kv_heads, 0, head_dim), np.float32) for n in past_names}
         length = 0
         for _ in range(max_new_tokens):
-            n = embeds.shape[1]
-            feed = {"inputs_embeds": embeds, "attention_mask": np.ones((1, length + n), np.int64),
-                    "position_ids": np.arange(length, length + n, dtype=np.int64)[None], **past}
+            feed = step_feeds(embeds, past, length)
             feeds["decoder"].append(feed)
             logits, *present = decoder.run(None, feed)
-            past, length = dict(zip(past_names, present)), length + n
+            past, length = dict(zip(past_names, present)), length + embeds.shape[1]
             token = int(logits[0, -1].argmax())
             if eos is not None and token == int(eos):
                 break

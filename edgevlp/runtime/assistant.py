@@ -26,7 +26,7 @@ from edgevlp.runtime.generation import apply_repetition_penalty
 from edgevlp.runtime.results import Answer
 from edgevlp.runtime.tokenizer import BundleTokenizer
 
-__all__ = ["Assistant", "chat_prompt", "merge_image_features"]
+__all__ = ["Assistant", "chat_prompt", "merge_image_features", "step_feeds"]
 
 
 def chat_prompt(template: Any, prompt: Mapping[str, Any], question: str, rows: int, cols: int) -> str:
@@ -34,13 +34,19 @@ def chat_prompt(template: Any, prompt: Mapping[str, Any], question: str, rows: i
     :class:`~edgevlp.runtime.vlm_processing.ChatTemplate`) rendered for one user turn (the image, then
     ``question``) with the generation prompt, and its image placeholder expanded as the model's
     processor does (``prompt``: the manifest's ``generation.prompt`` settings)."""
-    from edgevlp.runtime.vlm_processing import expand_image_tokens
+    from edgevlp.runtime.vlm_processing import build_prompt
 
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    text = template.render(messages, add_generation_prompt=True)
-    return expand_image_tokens(text, rows, cols, image_seq_len=int(prompt["image_seq_len"]),
-                               image_token=prompt["image_token"], fake_token=prompt["fake_token"],
-                               global_token=prompt["global_token"])
+    return build_prompt(template, question, rows, cols, int(prompt["image_seq_len"]),
+                        image_token=prompt["image_token"], fake_token=prompt["fake_token"],
+                        global_token=prompt["global_token"])
+
+
+def step_feeds(embeds: np.ndarray, past: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """The decoder graph's inputs for ``embeds`` (1, n, hidden) after ``length`` cached positions held in
+    ``past`` (the prefill is ``length`` 0 with an empty cache)."""
+    n = embeds.shape[1]
+    return {"inputs_embeds": embeds, "attention_mask": np.ones((1, length + n), np.int64),
+            "position_ids": np.arange(length, length + n, dtype=np.int64)[None], **past}
 
 
 def merge_image_features(embeds: np.ndarray, ids: list[int], features: np.ndarray, image_token_id: int) -> np.ndarray:
@@ -111,10 +117,7 @@ class Assistant(BundleModel):
 
     def _step(self, embeds: np.ndarray, cache: dict[str, np.ndarray], length: int) -> np.ndarray:
         """Run the decoder on ``embeds`` after ``length`` cached positions; grows ``cache`` in place."""
-        n = embeds.shape[1]
-        feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, length + n), np.int64),
-                 "position_ids": np.arange(length, length + n, dtype=np.int64)[None], **cache}
-        out = self.decoder.run(feeds)
+        out = self.decoder.run(step_feeds(embeds, cache, length))
         for past, present in zip(self._past, self._present):
             cache[past.name] = out[present]
         return out["logits"][:, -1, :]
