@@ -9,7 +9,10 @@
 4. run the camera app headless on it (captioner + detector together), prompted with the phrases of the
    objects the clip draws, and print where the annotated MP4 and the JSONL log are, the measured FPS,
    three sample captions and how often the app is right on the shape frames: the top detection on a
-   drawn object (IoU >= 0.5) with its phrase, and the caption naming every object's colour and shape.
+   drawn object (IoU >= 0.5) with its phrase, and the caption naming every object's colour and shape;
+5. export demo-smolvlm (FP32) and run the app again with it beside the detector, asking "how many shapes
+   are there?" about every frame: print sample answers and how often the answer is right on the shape
+   frames.
 Without the shipped demo models (edgevlp/zoo/), tiny random models are used and the demo says so.
 """
 
@@ -37,12 +40,13 @@ def say(text: str) -> None:
 def models() -> dict[str, str]:
     from edgevlp.models import ZOO_DIR, tiny_adapter
 
-    names = {"caption": "demo-blip", "detect": "demo-owlvit"}
+    names = {"caption": "demo-blip", "detect": "demo-owlvit", "vqa": "demo-smolvlm"}
     if all((ZOO_DIR / n).is_dir() for n in names.values()):
         return names
     say("the demo models are not in edgevlp/zoo/: using tiny RANDOM models (meaningless captions)")
     out = {}
-    for task, arch in (("caption", "BlipForConditionalGeneration"), ("detect", "OwlViTForObjectDetection")):
+    for task, arch in (("caption", "BlipForConditionalGeneration"), ("detect", "OwlViTForObjectDetection"),
+                       ("vqa", "Idefics3ForConditionalGeneration")):
         path = OUT / f"tiny-{task}"
         if not (path / "config.json").is_file():
             tiny_adapter(arch).save_pretrained(path)
@@ -72,9 +76,11 @@ def compress(cli, model: str) -> tuple[str, str]:  # type: ignore[no-untyped-def
     return str(out), recipe.name
 
 
-def export(cli, model: str, name: str) -> Path:  # type: ignore[no-untyped-def]
+def export(cli, model: str, name: str, precision: str = "int8") -> Path:  # type: ignore[no-untyped-def]
     out = OUT / "bundles" / name
-    cli(["export", model, "-o", str(out), "--target", "cpu", "--precision", "int8", "--force"])
+    code = cli(["export", model, "-o", str(out), "--target", "cpu", "--precision", precision, "--force"])
+    if code != 0:
+        raise SystemExit(code)
     return out
 
 
@@ -123,6 +129,46 @@ def right_on_scenes(lines: list[dict], scenes: list, hold: int = HOLD) -> tuple[
     return boxes_right / max(frames, 1), captions_right / max(frames, 1), frames
 
 
+QUESTION = "how many shapes are there?"
+
+
+def answers_right(lines: list[dict], scenes: list, hold: int = HOLD) -> tuple[float, int]:  # type: ignore[type-arg]
+    """Fraction of the logged shape-scene frames whose answer to :data:`QUESTION` is the object count."""
+    from edgevlp.data.questions import NUMBER_WORDS, normalize_answer
+
+    right = frames = 0
+    for line in lines:
+        index = line["source_frame"] // hold
+        if index >= len(scenes) or not line.get("caption"):
+            continue
+        frames += 1
+        right += normalize_answer(line["caption"]) == NUMBER_WORDS[len(scenes[index].objects)]
+    return right / max(frames, 1), frames
+
+
+def ask_demo(cli, assistant: Path, detector: Path, clip: Path, prompts: list[str], scenes: list) -> int:  # type: ignore[no-untyped-def,type-arg]
+    say(f"camera app, headless: assistant + detector on the clip, asking {QUESTION!r} about every frame")
+    run_dir = OUT / "run-ask"
+    code = cli(["run", str(assistant), str(detector), "--source", str(clip), "--headless", "--output",
+                str(run_dir), "--prompts", ", ".join(prompts), "--ask", QUESTION, "--ask-every", "0", "--force"])
+    if code != 0:
+        return code
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    print(f"measured: {summary.get('fps', 0):.1f} FPS over {summary.get('frames')} frames; per-frame log: "
+          f"{(run_dir / 'log.jsonl').resolve()}")
+    shown = set()
+    for line in lines:
+        index = line["source_frame"] // HOLD
+        if index < len(scenes) and line.get("caption") and index not in shown and len(shown) < 3:
+            shown.add(index)
+            print(f"  frame {line['source_frame']}: {', '.join(o.phrase for o in scenes[index].objects)} "
+                  f"-> {QUESTION!r} {line['caption']!r}")
+    right, frames = answers_right(lines, scenes)
+    print(f"answer right on {right:.0%} of the {frames} shape-scene frames (the number of drawn objects)")
+    return 0
+
+
 def main() -> int:
     from edgevlp.cli import main as cli
 
@@ -131,6 +177,8 @@ def main() -> int:
     names = models()
     bundles = {}
     for task, model in names.items():
+        if task == "vqa":
+            continue  # exported as is, below
         say(f"compress {model}")
         compressed, recipe = compress(cli, model)
         say(f"export {compressed} -> cpu bundle (recipe {recipe})")
@@ -164,6 +212,11 @@ def main() -> int:
     boxes_right, captions_right, frames = right_on_scenes(lines, scenes)
     print(f"right on the {frames} shape-scene frames: top detection {boxes_right:.0%} (on a drawn object, "
           f"IoU >= 0.5, its phrase); caption {captions_right:.0%} (every object's colour and shape, no other)")
+    say(f"export {names['vqa']} -> cpu bundle (FP32)")
+    assistant = export(cli, names["vqa"], f"{Path(names['vqa']).name}-cpu-fp32", precision="fp32")
+    code = ask_demo(cli, assistant, bundles["detect"], clip, prompts, scenes)
+    if code != 0:
+        return code
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f}s")
     return 0
 

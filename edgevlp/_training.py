@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from edgevlp.data.vocab import SPLITS
+from edgevlp.data.vocab import SHAPES, SPLITS
 from edgevlp.errors import InputError
 
-__all__ = ["Recipe", "TrainSettings", "run", "to_pixels", "STATE_DIR"]
+__all__ = ["Recipe", "TrainSettings", "run", "to_pixels", "patch_shape_labels", "train_index", "STATE_DIR"]
 
 STATE_DIR = ".train"
 
@@ -302,3 +302,18 @@ def train_index(step: int, batch_size: int, seed: int, offset: int = 0) -> int:
     """First train-split scene of ``step``: seeds (and each model's ``offset``) start at different
     places, then walk forward, so training data are a function of seed and step (exact resume)."""
     return (seed * 499_979 + offset + step * batch_size) % (len(SPLITS["train"]) - batch_size)
+
+
+def patch_shape_labels(scenes: list[Any], size: int, patch: int) -> torch.Tensor:
+    """``(batch, patches)`` int64: 1 + the index in SHAPES of the topmost object whose box holds each patch
+    centre (objects are drawn in list order, later ones on top), 0 for background."""
+    grid = size // patch
+    centres = (np.arange(grid) + 0.5) * patch
+    labels = np.zeros((len(scenes), grid, grid), np.int64)
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box_xyxy
+            rows = (centres >= y0) & (centres < y1)
+            cols = (centres >= x0) & (centres < x1)
+            labels[i][np.ix_(rows, cols)] = 1 + SHAPES.index(obj.shape)
+    return torch.from_numpy(labels.reshape(len(scenes), -1))

@@ -334,7 +334,7 @@ def _format_eval(r: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{r['model']} ({r['kind']}, {r['task']}) on {r['data']}: {r['n_images']} images, "
              f"{r['seconds']:.0f} s", f"  {'metric':<{width}}  value", f"  {'-' * width}  -----"]
-    lines += [f"  {name:<{width}}  {value:.4f}" for name, value in rows]
+    lines += [f"  {name:<{width}}  {value if isinstance(value, int) else f'{value:.4f}'}" for name, value in rows]
     for ex in r.get("examples", [])[:3]:
         lines.append(f"  e.g. {ex['prediction']!r}  (reference: {ex['reference']!r})")
     return "\n".join(lines)
@@ -344,7 +344,7 @@ def _format_eval(r: dict[str, Any]) -> str:
 def _zoo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", default="list", choices=["list", "train"],
                    help="list the shipped models (default) or train one")
-    p.add_argument("name", nargs="?", help="demo model to train: demo-blip or demo-owlvit")
+    p.add_argument("name", nargs="?", help="demo model to train: demo-blip, demo-owlvit or demo-smolvlm")
     p.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     p.add_argument("--out", help="output directory (default out/NAME); checkpoints in OUT/.train")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -138,6 +138,32 @@ def test_bad_frame_and_question(bundles) -> None:
         vlm.ask(np.zeros((40, 40, 3), np.uint8), "  ")
 
 
+def test_eval_asks_generated_questions_same_answers_from_model_and_bundle(bundles, tmp_path) -> None:
+    """`edgevlp eval` on a vqa model: the greedy answers of the bundle are transformers' own, question
+    by question, and they depend on the image; the accuracy of each kind is reported; non-shape data
+    are refused (the questions come from the scene's objects)."""
+    from edgevlp.data import dataset, to_coco
+    from edgevlp.eval import evaluate
+    from edgevlp.eval.evaluate import answer_questions, load_samples
+    from edgevlp.runtime import load
+
+    arch = "Idefics3ForConditionalGeneration"
+    adapter, bundle = FAMILIES[arch].tiny(), bundles(arch)
+    samples, _ = load_samples("shapes:val:6", None, adapter.tile_size)
+    asked = [(i, "what colour is the star?") for i in range(6)]
+    torch_answers = answer_questions(adapter, samples, asked, bundle=False, max_new_tokens=5, progress=False)
+    bundle_answers = answer_questions(load(bundle), samples, asked, bundle=True, max_new_tokens=5, progress=False)
+    assert torch_answers == bundle_answers and len(set(torch_answers)) > 1
+    result = evaluate(bundle, "shapes:val:4", max_new_tokens=5, progress=False)
+    assert result["task"] == "vqa" and result["n_questions"] >= 12
+    assert 0.0 <= result["vqa_accuracy"] <= 1.0 and {"vqa_colour", "vqa_exists", "vqa_count"} <= set(result)
+    assert result == {**evaluate(adapter, "shapes:val:4", max_new_tokens=5, progress=False),
+                      "model": result["model"], "kind": "bundle", "seconds": result["seconds"]}
+    to_coco(dataset("val", 2, size=64), tmp_path / "coco")
+    with pytest.raises(InputError, match="shape scenes"):
+        evaluate(bundle, f"coco:{tmp_path / 'coco'}", progress=False)
+
+
 def test_pruning_of_vqa_models_says_it_has_not_landed() -> None:
     from edgevlp.tasks import get_task
 

@@ -34,7 +34,7 @@ from edgevlp.eval.metrics import DetectionRecord
 from edgevlp.tasks import get_task
 
 __all__ = ["evaluate", "Sample", "load_samples", "split_phrases", "topk_detections", "DEFAULT_N",
-           "detect_scenes_torch", "caption_samples_torch", "mention_recall"]
+           "detect_scenes_torch", "caption_samples_torch", "mention_recall", "answer_questions"]
 
 #: Images scored when neither the data spec nor ``n`` says how many.
 DEFAULT_N = 500
@@ -217,6 +217,24 @@ def detect_samples_bundle(detector: Any, samples: Sequence[Sample], phrases: lis
                                            boxes, scores, [phrases[j] for j in idx]))
             bar.update(1)
     return records
+
+
+def answer_questions(predictor: Any, samples: Sequence[Sample], questions: Sequence[tuple[int, str]], *,
+                     bundle: bool, max_new_tokens: int = 40, progress: bool = True) -> list[str]:
+    """Greedy answers to ``(sample index, question)`` pairs: ``Assistant.ask`` on a bundle, transformers
+    ``generate`` (through the model's own processor) on an adapter."""
+    out = []
+    with _bar(len(questions), "answer", progress) as bar:
+        for i, question in questions:
+            rgb = samples[i].image
+            if bundle:
+                out.append(predictor.ask(np.ascontiguousarray(rgb[..., ::-1]), question,
+                                         max_new_tokens=max_new_tokens).text)
+            else:
+                ids = predictor.answer_ids(rgb, question, max_new_tokens=max_new_tokens)
+                out.append(predictor.tokenizer.decode(ids[0], skip_special_tokens=True))
+            bar.update(1)
+    return out
 
 
 def mention_recall(samples: Sequence[Sample], texts: Sequence[str]) -> dict[str, float]:

@@ -198,10 +198,10 @@ SMOLVLM_IMAGE_TOKENS: tuple[str, ...] = ("<global-img>", *(f"<row_{i}_col_{j}>" 
 
 
 def smolvlm_tokenizer(vocab_size: int = 49280, text_vocab: int = 49152,
-                      words: Iterable[str] = TINY_WORDS) -> PreTrainedTokenizerFast:
+                      words: Iterable[str] = TINY_WORDS, texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """SmolLM2's byte-level BPE layout as SmolVLM extends it: ``<|endoftext|>`` 0, ``<|im_start|>`` 1 (bos),
-    ``<|im_end|>`` 2 (pad), merges learnt from ``words`` and fillers up to ``text_vocab``, then
-    :data:`SMOLVLM_IMAGE_TOKENS`, fillers, and ``<end_of_utterance>`` = vocab-1 (the end of a turn).
+    ``<|im_end|>`` 2 (pad), merges learnt from ``words`` (and whole ``texts``: the questions a demo model
+    is trained on) and fillers up to ``text_vocab``, then :data:`SMOLVLM_IMAGE_TOKENS`, fillers, and ``<end_of_utterance>`` = vocab-1 (the end of a turn).
 
     Example:
         >>> tok = smolvlm_tokenizer()
@@ -216,8 +216,8 @@ def smolvlm_tokenizer(vocab_size: int = 49280, text_vocab: int = 49152,
     trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=min(text_vocab, 4096), special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    trained.train_from_iterator([" ".join(words), *(f"User: is there a {w}? Assistant: a {w}" for w in words)],
-                                trainer=trainer)
+    trained.train_from_iterator([" ".join(words), *(f"User: is there a {w}? Assistant: a {w}" for w in words),
+                                 *texts], trainer=trainer)
     state = json.loads(trained.to_str())["model"]
     learnt = sorted(state["vocab"], key=state["vocab"].get)
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]

@@ -8,8 +8,11 @@ the manifest; parity on the image features and on the greedy answer tokens again
 
 Calibration feeds (for ``edgevlp compress``'s quantisation, e.g. the 4-bit weight-only decoder of
 ``recipes/smolvlm-int4.toml``) run the FP32 graphs on each frame unsplit. Not landed yet for this task
-(each raises :class:`~edgevlp.errors.NotAvailableYet` saying so): pruning signals, distillation and
-``edgevlp eval``.
+(each raises :class:`~edgevlp.errors.NotAvailableYet` saying so): pruning signals and distillation.
+
+Evaluation (``edgevlp eval``) asks the questions of :func:`edgevlp.data.questions.eval_questions` about
+every shape scene (colour, shape, count, is-there, where) and scores exact match after
+:func:`~edgevlp.data.questions.normalize_answer`: ``vqa_accuracy`` overall and ``vqa_<kind>`` per kind.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgevlp.errors import NotAvailableYet
+from edgevlp.errors import InputError, NotAvailableYet
 from edgevlp.tasks.base import Task
 
 __all__ = ["VQATask", "VQA"]
@@ -28,14 +31,23 @@ def _not_yet(what: str) -> NotAvailableYet:
                            "and distillation); quantise with recipes/smolvlm-int4.toml or export as is")
 
 
+_KIND_LABELS = {"colour": "colour questions", "shape": "shape questions", "count": "count questions",
+                "exists": "is-there questions", "where": "where questions"}
+
+
 class VQATask(Task):
     name = "vqa"
     runtime_class = "edgevlp.runtime.assistant:Assistant"
     app_slot = "assistant"
-    metric = "exact_match"
-    metric_labels = (("exact_match", "exact match"),)
-    card_metrics = ("exact_match",)
-    metric_note = "answers compared with the reference answers after lower-casing and stripping punctuation."
+    metric = "vqa_accuracy"
+    metric_labels = (("vqa_accuracy", "VQA accuracy"), *((f"vqa_{k}", v) for k, v in _KIND_LABELS.items()),
+                     ("n_questions", "questions"))
+    card_metrics = tuple(key for key, _ in metric_labels)
+    metric_note = ("Greedy answers to 3-5 generated questions per scene (`edgevlp.data.questions`: what colour "
+                   "is the <shape>, what shape is the <colour> object, how many <shape>s / shapes, is there a "
+                   "<colour> <shape> (half yes), where is the <colour> <shape> (3x3 grid)), each asked only "
+                   "where the scene has one answer; exact match after lower-casing, dropping punctuation and "
+                   "articles, digits as words. vqa_accuracy is over all questions, vqa_<kind> per kind.")
     manifest_section = "generation"
     generates = True
     reference_note = "Idefics3Processor (chat template, image splitting) + generate"
@@ -101,7 +113,25 @@ class VQATask(Task):
 
     def evaluate(self, predictor: Any, samples: list[Any], phrases: tuple[str, ...], *, data: str,
                  bundle: bool, batch_size: int, max_new_tokens: int, progress: bool) -> dict[str, Any]:
-        raise _not_yet("`edgevlp eval`")
+        from edgevlp.data import parse_data_spec
+        from edgevlp.data.questions import eval_questions, normalize_answer
+        from edgevlp.eval.evaluate import answer_questions
+
+        spec = parse_data_spec(data)
+        if spec.kind != "shapes":
+            raise InputError(f"{data}: vqa evaluation generates its questions from shape scenes; use --data "
+                             "shapes:val (or shapes:heldout / shapes:test)")
+        asked = [(i, qa) for i, s in enumerate(samples)
+                 for qa in eval_questions(s.phrases, s.boxes, s.image.shape[1], i, heldout=spec.split == "heldout")]
+        texts = answer_questions(predictor, samples, [(i, qa.question) for i, qa in asked], bundle=bundle,
+                                 max_new_tokens=max_new_tokens, progress=progress)
+        right: dict[str, list[bool]] = {}
+        for (_, qa), text in zip(asked, texts):
+            right.setdefault(qa.kind, []).append(normalize_answer(text) == normalize_answer(qa.answer))
+        every = [r for rs in right.values() for r in rs]
+        out: dict[str, Any] = {"vqa_accuracy": sum(every) / max(len(every), 1), "n_questions": len(every)}
+        out.update({f"vqa_{kind}": sum(rs) / len(rs) for kind, rs in right.items()})
+        return out
 
 
 VQA = VQATask()

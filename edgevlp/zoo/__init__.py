@@ -26,7 +26,7 @@ from edgevlp.models.registry import ZOO_DIR
 __all__ = ["ZOO_DIR", "ZOO_NAMES", "ZooModel", "list_models", "safetensors_parameter_count"]
 
 #: Names ``edgevlp zoo train`` knows how to train (recipes in :mod:`edgevlp.zoo.train`).
-ZOO_NAMES: tuple[str, ...] = ("demo-blip", "demo-owlvit")
+ZOO_NAMES: tuple[str, ...] = ("demo-blip", "demo-owlvit", "demo-smolvlm")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def list_models(zoo_dir: Path = ZOO_DIR) -> list[ZooModel]:
     """Every shipped model folder (one with a ``config.json``), sorted by name."""
     from edgevlp.models.registry import architecture_of, read_config
 
-    families = {"BlipForConditionalGeneration": "blip", "OwlViTForObjectDetection": "owlvit"}
+    families = {"BlipForConditionalGeneration": "blip", "OwlViTForObjectDetection": "owlvit",
+                "Idefics3ForConditionalGeneration": "idefics3"}
     out = []
     for folder in sorted(p for p in Path(zoo_dir).iterdir() if (p / "config.json").is_file()):
         arch = architecture_of(read_config(folder), folder)

@@ -26,9 +26,9 @@ from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProc
 from edgevlp.data import CAPTION_VOCAB, SHAPES, dataset
 from edgevlp.models._tokenizers import wordpiece_tokenizer
 from edgevlp.models.blip import BlipAdapter
-from edgevlp._training import Recipe, to_pixels, train_index
+from edgevlp._training import Recipe, patch_shape_labels, to_pixels, train_index
 
-__all__ = ["BlipRecipe", "CLIP_MEAN", "CLIP_STD"]
+__all__ = ["BlipRecipe", "CLIP_MEAN", "CLIP_STD", "patch_shape_labels"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,21 +44,6 @@ MAX_TOKENS = 48
 #: weight of the per-patch shape probe's cross-entropy beside the caption loss
 PROBE_WEIGHT = 1.0
 BACKGROUND_WEIGHT = 0.1
-
-
-def patch_shape_labels(scenes: list[Any], size: int, patch: int) -> torch.Tensor:
-    """``(batch, patches)`` int64: 1 + the index in SHAPES of the topmost object whose box holds each patch
-    centre (objects are drawn in list order, later ones on top), 0 for background."""
-    grid = size // patch
-    centres = (np.arange(grid) + 0.5) * patch
-    labels = np.zeros((len(scenes), grid, grid), np.int64)
-    for i, scene in enumerate(scenes):
-        for obj in scene.objects:
-            x0, y0, x1, y1 = obj.box_xyxy
-            rows = (centres >= y0) & (centres < y1)
-            cols = (centres >= x0) & (centres < x1)
-            labels[i][np.ix_(rows, cols)] = 1 + SHAPES.index(obj.shape)
-    return torch.from_numpy(labels.reshape(len(scenes), -1))
 
 
 class BlipRecipe(Recipe):

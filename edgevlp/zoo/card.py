@@ -40,6 +40,19 @@ _TEXT = {
                "cannot be detected. The six held-out colour-shape pairs were never prompted in training; "
                "detecting them is composition of words it has seen. It does not know the world.",
     ),
+    "demo-smolvlm": dict(
+        what="a small Idefics3 / SmolVLM-architecture assistant (`Idefics3ForConditionalGeneration`: "
+             "SigLIP-style vision encoder on one 128 px tile, pixel-shuffle connector to 16 image tokens, "
+             "3-layer Llama decoder with grouped-query attention) trained from scratch on generated "
+             "questions about shape scenes and their answers (the answer tokens' cross-entropy, plus a "
+             "training-only per-patch shape probe on the vision encoder, not in the saved model)",
+        limits="It answers five kinds of question about coloured geometric shapes, phrased as in "
+               "training: what colour is the <shape>?, what shape is the <colour> object?, how many "
+               "<shape>s / shapes are there?, is there a <colour> <shape>?, where is the <colour> <shape>? "
+               "(3x3 grid), and describes the scene for the default prompt \"Describe this image briefly.\" "
+               "in the caption templates. Other wording is out of distribution; it knows nothing of the "
+               "world, and a frame is squeezed into one 128 px square (no image splitting).",
+    ),
 }
 
 

@@ -22,10 +22,12 @@ __all__ = ["RECIPES", "train", "recipe_for", "save_shipped"]
 RECIPES: dict[str, str] = {
     "demo-blip": "edgevlp.zoo.blip_recipe:BlipRecipe",
     "demo-owlvit": "edgevlp.zoo.owlvit_recipe:OwlViTRecipe",
+    "demo-smolvlm": "edgevlp.zoo.smolvlm_recipe:SmolVLMRecipe",
 }
 TARGETS = {
     "demo-blip": "CIDEr >= 2.0 and the shape word right for >= 80 % of objects (shape_accuracy) on shapes:val",
     "demo-owlvit": "mAP@.5 >= 0.7 on shapes:val, >= 0.5 on shapes:heldout",
+    "demo-smolvlm": "VQA accuracy (vqa_accuracy, exact match) >= 0.8 on shapes:val questions",
 }
 
 
