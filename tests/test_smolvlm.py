@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgevlp.errors import InputError, NotAvailableYet
+from edgevlp.errors import InputError
 from edgevlp.models.smolvlm import Idefics3Adapter, SmolVLMAdapter
 
 FAMILIES = {"SmolVLMForConditionalGeneration": SmolVLMAdapter, "Idefics3ForConditionalGeneration": Idefics3Adapter}
@@ -164,12 +164,76 @@ def test_eval_asks_generated_questions_same_answers_from_model_and_bundle(bundle
         evaluate(bundle, f"coco:{tmp_path / 'coco'}", progress=False)
 
 
-def test_pruning_of_vqa_models_says_it_has_not_landed() -> None:
-    from edgevlp.tasks import get_task
+PRUNE_KD = """
+name = "gqa-prune-kd"
+version = 1
+[[stages]]
+[stages.prune]
+targets = ["heads", "neurons"]
+parts = ["vision", "text"]
+ratio = 0.5
+scope = "global"
+importance = "taylor"
+calibration_size = 8
+calibration_source = "shapes:train"
+[[stages]]
+[stages.distill]
+steps = 6
+lr = 1e-3
+batch_size = 4
+data = "shapes:train"
+"""
 
-    with pytest.raises(NotAvailableYet, match="issue #16"):
-        get_task("vqa").fisher_loss(None, None, None)
 
+def test_grouped_query_pruning_and_distillation_keep_the_kv_cache_and_export(tmp_path, photos_bgr) -> None:
+    """Pruning a Llama decoder removes query heads evenly from every key/value group (the KV cache keeps
+    its layout), gated-MLP neurons from gate, up and down together; the pruned model loads again,
+    distils on generated questions and exports with greedy answers identical to transformers'."""
+    import json
+
+    from edgevlp.compress import compress_model
+    from edgevlp.models import load_model
+    from edgevlp.models.pruning import attention_groups, prune_heads
+    from edgevlp.runtime import load
+
+    adapter = Idefics3Adapter.tiny()
+    (tmp_path / "recipe.toml").write_text(PRUNE_KD)
+    adapter.save_pretrained(tmp_path / "model")
+    report = compress_model(tmp_path / "model", tmp_path / "recipe.toml", tmp_path / "out", progress=False)
+    prune, distill = report["stages"][0], report["stages"][1]
+    assert prune["parts"]["text"]["heads"]["before"] == 8 and prune["parts"]["text"]["heads"]["after"] == 4
+    assert prune["parameters"]["after"] < prune["parameters"]["before"]
+    assert distill["steps"] == 6 and distill["loss_first_batch"]["task"] > 0
+    pruned = load_model(tmp_path / "out" / "model")
+    layers = pruned.model.model.text_model.layers
+    for layer in layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        assert attn.k_proj.weight.shape == attn.v_proj.weight.shape == (16, 32)  # 2 kv heads of 8, untouched
+        assert attn.q_proj.weight.shape == (16, 32) and attn.num_key_value_groups == 1
+        assert mlp.gate_proj.weight.shape == mlp.up_proj.weight.shape == mlp.down_proj.weight.T.shape
+    assert sum(layer.mlp.gate_proj.weight.shape[0] for layer in layers) == 64
+    out = tmp_path / "bundle"
+    from edgevlp.export import export_model
+
+    export_model(tmp_path / "out", out, target="cpu", progress=False)
+    parity = json.loads((out / "manifest.json").read_text())["parity"]
+    assert parity["passed"] and parity["greedy_tokens_identical"] is True
+    answer = load(out).ask(photos_bgr["coffee"], "what is this?", max_new_tokens=4)
+    assert answer.token_ids and answer.prompt_tokens > 0
+    group = next(g for g in attention_groups(adapter.model) if g.kv_heads)
+    with pytest.raises(ValueError, match="same number of query heads per key/value head"):
+        prune_heads(adapter.model, {group.path: [0, 1]})  # both from the first group
+
+
+def test_query_slots_keep_the_best_heads_of_every_group() -> None:
+    from edgevlp.compress.prune import _select, heads_of_slots
+    from edgevlp.models.pruning import AttentionGroup
+
+    g = AttentionGroup("attn", heads=6, head_dim=4, layout="LlamaAttention", kv_heads=2)  # 3 per group
+    scores = {"attn": torch.tensor([0.1, 0.9, 0.5, 0.7, 0.2, 0.3])}
+    assert heads_of_slots(g, 2, scores["attn"]) == [1, 2, 3, 5]
+    assert _select([g], scores, 1 / 3, "per_layer") == {"attn": [1, 2, 3, 5]}
+    assert _select([g], scores, 0.9, "global") == {"attn": [1, 3]}  # one slot always stays
 
 def test_camera_app_answers_the_question(exported, tmp_path, capsys) -> None:
     """`edgevlp run VLM DETECTOR --ask Q --ask-every 4f`: the answer is the caption line of the log, the

@@ -106,7 +106,7 @@ class DistillTraining(_training.Recipe):
         if data is None:
             return {}
         result = evaluate(adapter, data, n, progress=False)
-        return {k: float(result[k]) for k in ("cider", "bleu4", "map50") if k in result}
+        return {k: float(result[k]) for k in ("cider", "bleu4", "map50", "vqa_accuracy") if k in result}
 
     # ----------------------------------------------------------------------------------- helpers
     def prompts(self) -> list[str]:

@@ -16,10 +16,16 @@ Importance (``PruneConfig.importance``):
 ``scope = "global"`` removes ``ratio`` of all heads (and of all neurons) of a part (vision / text)
 wherever they score lowest, so layers end up with different widths; ``per_layer`` removes the same
 fraction from every module. Every module keeps at least one head and one neuron.
+
+Grouped-query attention (SmolVLM's Llama decoder) keeps every key/value head, so the KV cache and the
+exported decoder's cache inputs keep their layout, and removes query heads in *slots*: slot j is the
+j-th most important query head of every key/value group, scored by their sum, so each group keeps the
+same number of query heads (what the attention's reshape needs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import time
 from collections.abc import Callable
@@ -36,7 +42,7 @@ from edgevlp.models.pruning import (AttentionGroup, MlpGroup, attention_groups, 
                                     neuron_output_linear, prune_heads, prune_neurons)
 from edgevlp.tasks import get_task
 
-__all__ = ["apply", "importance_scores", "select_units", "part_of"]
+__all__ = ["apply", "importance_scores", "select_units", "part_of", "query_slots", "heads_of_slots"]
 
 _PART_KINDS = {"vision_encoder": "vision", "text_decoder": "text", "text_encoder": "text"}
 BATCH = 8
@@ -163,6 +169,39 @@ def select_units(groups: list[Group], scores: dict[str, torch.Tensor], ratio: fl
     return {g.path: [i for i in range(size[g.path]) if i not in removed[g.path]] for g in groups}
 
 
+def query_slots(groups: list[Group], scores: dict[str, torch.Tensor]
+                ) -> tuple[list[Group], dict[str, torch.Tensor]]:
+    """Grouped-query modules as groups of query-head slots (heads per key/value head) with the slot
+    scores; other groups unchanged."""
+    out, out_scores = [], dict(scores)
+    for g in groups:
+        if isinstance(g, AttentionGroup) and g.kv_heads:
+            per = g.heads // g.kv_heads
+            out_scores[g.path] = scores[g.path].reshape(g.kv_heads, per).sort(dim=1, descending=True).values.sum(0)
+            out.append(dataclasses.replace(g, heads=per, kv_heads=0))
+        else:
+            out.append(g)
+    return out, out_scores
+
+
+def heads_of_slots(g: AttentionGroup, slots: int, scores: torch.Tensor) -> list[int]:
+    """The query heads a grouped-query module keeps for ``slots`` kept slots: the ``slots`` most
+    important of every key/value group."""
+    per = g.heads // g.kv_heads
+    top = torch.argsort(scores.reshape(g.kv_heads, per), dim=1, descending=True, stable=True)[:, :slots]
+    return sorted((top + torch.arange(g.kv_heads)[:, None] * per).reshape(-1).tolist())
+
+
+def _select(groups: list[Group], scores: dict[str, torch.Tensor], ratio: float, scope: str) -> dict[str, list[int]]:
+    """:func:`select_units` with grouped-query modules selected in slots."""
+    slotted, slot_scores = query_slots(groups, scores)
+    keep = select_units(slotted, slot_scores, ratio, scope)
+    for g in groups:
+        if isinstance(g, AttentionGroup) and g.kv_heads:
+            keep[g.path] = heads_of_slots(g, len(keep[g.path]), scores[g.path])
+    return keep
+
+
 def apply(state: CompressState, cfg: PruneConfig) -> dict[str, Any]:
     """Prune ``state.adapter`` in place as ``cfg`` says; returns the stage's report."""
     adapter = state.adapter
@@ -193,7 +232,7 @@ def apply(state: CompressState, cfg: PruneConfig) -> dict[str, Any]:
     scores = importance_scores(adapter, groups, cfg.importance, batches, log)
     seconds_importance = time.perf_counter() - t0
     keep: dict[tuple[str, str], dict[str, list[int]]] = {
-        key: select_units(gs, scores, cfg.ratio, cfg.scope) for key, gs in chosen.items()}
+        key: _select(gs, scores, cfg.ratio, cfg.scope) for key, gs in chosen.items()}
     for (target, part), kept in keep.items():
         changed = {p: k for p, k in kept.items()
                    if len(k) < _units(next(g for g in chosen[(target, part)] if g.path == p))}

@@ -31,7 +31,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D, prune_conv1d_layer, prune_linear_layer
 
 __all__ = ["AttentionGroup", "MlpGroup", "attention_groups", "mlp_groups", "prune_heads", "prune_neurons",
-           "pruned_shapes", "rebuild_pruned", "CONFIG_KEY"]
+           "pruned_shapes", "rebuild_pruned", "even_heads", "CONFIG_KEY"]
 
 #: key of the pruning record in a model's (top-level) config.
 CONFIG_KEY = "edgevlp_pruning"
@@ -44,15 +44,22 @@ class _AttnLayout:
 
     ``head_out``: (child linear, number of blocks) whose *outputs* are grouped by head (a fused q/k/v
     linear has 3 blocks); ``out``: the linear whose *inputs* are grouped by head; ``heads``/``width``:
-    attributes holding the head count and heads x head_dim; ``head_dim``: how to read the head size.
+    attributes holding the head count (None: read off the first ``head_out`` linear) and heads x
+    head_dim; ``head_dim``: how to read the head size.
+
+    Grouped-query attention (``kv_proj``: the key projection, whose outputs are the key/value heads):
+    only query heads are pruned, the same number from every key/value group, so the KV cache keeps its
+    layout; ``kv_groups`` holds the query heads per key/value head.
     """
 
     head_out: Callable[[nn.Module], tuple[tuple[str, int], ...]]
     out: str
-    heads: str
+    heads: str | None
     width: tuple[str, ...]
     head_dim: str
     forward: Callable[..., Any] | None = None  # replacement forward where the original assumes full width
+    kv_proj: str | None = None
+    kv_groups: str | None = None
 
 
 def _blip_vision_forward(self: Any, hidden_states: torch.Tensor, head_mask: torch.Tensor | None = None,
@@ -110,15 +117,21 @@ ATTENTION: dict[str, _AttnLayout] = {
     "ViTAttention": _AttnLayout(lambda m: _VIT_SELF, "output.dense", "attention.num_attention_heads",
                                 ("attention.all_head_size",), "attention.attention_head_size"),
     "GPT2Attention": _AttnLayout(_gpt2_head_out, "c_proj", "num_heads", ("split_size",), "head_dim"),
+    # SmolVLM / Idefics3 decoder (Llama): sizes itself from its linears; grouped-query
+    "LlamaAttention": _AttnLayout(lambda m: (("q_proj", 1),), "o_proj", None, (), "head_dim",
+                                  kv_proj="k_proj", kv_groups="num_key_value_groups"),
 }
-#: MLP class name -> (linear whose outputs are the neurons, linear whose inputs are).
-MLP: dict[str, tuple[str, str]] = {
-    "BlipMLP": ("fc1", "fc2"),
-    "OwlViTMLP": ("fc1", "fc2"),
-    "Owlv2MLP": ("fc1", "fc2"),
-    "BlipTextLayer": ("intermediate.dense", "output.dense"),
-    "ViTLayer": ("intermediate.dense", "output.dense"),
-    "GPT2MLP": ("c_fc", "c_proj"),
+#: MLP class name -> (linears whose outputs are the neurons, linear whose inputs are); a gated MLP
+#: (Llama's ``down(act(gate(x)) * up(x))``) has two of the first kind.
+MLP: dict[str, tuple[tuple[str, ...], str]] = {
+    "BlipMLP": (("fc1",), "fc2"),
+    "OwlViTMLP": (("fc1",), "fc2"),
+    "Owlv2MLP": (("fc1",), "fc2"),
+    "BlipTextLayer": (("intermediate.dense",), "output.dense"),
+    "ViTLayer": (("intermediate.dense",), "output.dense"),
+    "GPT2MLP": (("c_fc",), "c_proj"),
+    "Idefics3VisionMLP": (("fc1",), "fc2"),
+    "LlamaMLP": (("gate_proj", "up_proj"), "down_proj"),
 }
 
 
@@ -154,12 +167,14 @@ def _width(layer: nn.Module, side: str) -> int:
 # ------------------------------------------------------------------------------------------- groups
 @dataclass(frozen=True)
 class AttentionGroup:
-    """One attention module: ``heads`` heads of ``head_dim`` each, at ``path`` in the model."""
+    """One attention module: ``heads`` (query) heads of ``head_dim`` each, at ``path`` in the model;
+    ``kv_heads`` key/value heads where it is grouped-query attention (0: one per head, pruned with it)."""
 
     path: str
     heads: int
     head_dim: int
     layout: str
+    kv_heads: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,9 +192,17 @@ def attention_groups(model: nn.Module) -> list[AttentionGroup]:
     for path, m in model.named_modules():
         layout = ATTENTION.get(_layout_name(m))
         if layout is not None:
-            out.append(AttentionGroup(path, int(_get(m, layout.heads)), int(_get(m, layout.head_dim)),
-                                      _layout_name(m)))
+            d = int(_get(m, layout.head_dim))
+            kv = _width(_get(m, layout.kv_proj), "out") // d if layout.kv_proj else 0
+            out.append(AttentionGroup(path, _head_count(m, layout), d, _layout_name(m), kv))
     return out
+
+
+def _head_count(m: nn.Module, layout: _AttnLayout) -> int:
+    if layout.heads is not None:
+        return int(_get(m, layout.heads))
+    child, blocks = layout.head_out(m)[0]
+    return _width(_get(m, child), "out") // blocks // int(_get(m, layout.head_dim))
 
 
 def mlp_groups(model: nn.Module) -> list[MlpGroup]:
@@ -188,7 +211,7 @@ def mlp_groups(model: nn.Module) -> list[MlpGroup]:
     for path, m in model.named_modules():
         names = MLP.get(_layout_name(m))
         if names is not None:
-            out.append(MlpGroup(path, _width(_get(m, names[0]), "out"), _layout_name(m)))
+            out.append(MlpGroup(path, _width(_get(m, names[0][0]), "out"), _layout_name(m)))
     return out
 
 
@@ -207,6 +230,18 @@ def neuron_output_linear(model: nn.Module, group: MlpGroup) -> nn.Module:
     return _get(model.get_submodule(group.path), MLP[group.layout][1])
 
 
+def even_heads(group: AttentionGroup, kept: int) -> list[int]:
+    """``kept`` heads of ``group`` spread evenly over its key/value groups (the first ones of each):
+    the shape a grouped-query module has after pruning to ``kept`` heads (how :func:`rebuild_pruned`
+    rebuilds it); the first ``kept`` heads where the module is not grouped."""
+    if not group.kv_heads:
+        return list(range(kept))
+    per = group.heads // group.kv_heads
+    if kept % group.kv_heads:
+        raise ValueError(f"{group.path}: {kept} heads do not divide over its {group.kv_heads} key/value heads")
+    return [g * per + j for g in range(group.kv_heads) for j in range(kept // group.kv_heads)]
+
+
 # ------------------------------------------------------------------------------------------ pruning
 def _index(keep: Sequence[int], total: int, what: str, path: str) -> torch.Tensor:
     idx = sorted(set(int(i) for i in keep))
@@ -221,15 +256,23 @@ def prune_heads(model: nn.Module, keep: Mapping[str, Sequence[int]]) -> None:
         m = model.get_submodule(path)
         name = _layout_name(m)
         layout = ATTENTION[name]
-        n, d = int(_get(m, layout.heads)), int(_get(m, layout.head_dim))
+        n, d = _head_count(m, layout), int(_get(m, layout.head_dim))
         idx = _index(heads, n, "heads", path)
+        if layout.kv_proj is not None:
+            kv = _width(_get(m, layout.kv_proj), "out") // d
+            counts = torch.bincount(idx // (n // kv), minlength=kv)
+            if len(set(counts.tolist())) != 1:
+                raise ValueError(f"{path}: grouped-query attention keeps the same number of query heads per "
+                                 f"key/value head; got {counts.tolist()} of {n // kv} in its {kv} groups")
+            _set(m, layout.kv_groups, int(counts[0]))
         cols = (idx[:, None] * d + torch.arange(d)).reshape(-1)
         for child, blocks in layout.head_out(m):
             block = _width(_get(m, child), "out") // blocks
             rows = torch.cat([cols + b * block for b in range(blocks)])
             _set(m, child, _keep(_get(m, child), rows, "out"))
         _set(m, layout.out, _keep(_get(m, layout.out), cols, "in"))
-        _set(m, layout.heads, len(idx))
+        if layout.heads is not None:
+            _set(m, layout.heads, len(idx))
         for attr in layout.width:
             _set(m, attr, len(idx) * d)
         if layout.forward is not None and type(m).__name__ == name:
@@ -241,9 +284,10 @@ def prune_neurons(model: nn.Module, keep: Mapping[str, Sequence[int]]) -> None:
     """Keep only the hidden units ``keep[path]`` of each listed MLP (in place, weights removed)."""
     for path, neurons in keep.items():
         m = model.get_submodule(path)
-        fc_in, fc_out = MLP[_layout_name(m)]
-        idx = _index(neurons, _width(_get(m, fc_in), "out"), "neurons", path)
-        _set(m, fc_in, _keep(_get(m, fc_in), idx, "out"))
+        fc_ins, fc_out = MLP[_layout_name(m)]
+        idx = _index(neurons, _width(_get(m, fc_ins[0]), "out"), "neurons", path)
+        for fc_in in fc_ins:
+            _set(m, fc_in, _keep(_get(m, fc_in), idx, "out"))
         _set(m, fc_out, _keep(_get(m, fc_out), idx, "in"))
         _record(model, "neurons", path, len(idx))
 
@@ -267,5 +311,6 @@ def pruned_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
 
 def rebuild_pruned(model: nn.Module, record: Mapping[str, Mapping[str, int]]) -> None:
     """Give a freshly built model the pruned shapes of ``record`` (its weights are loaded afterwards)."""
-    prune_heads(model, {p: range(n) for p, n in record.get("heads", {}).items()})
+    groups = {g.path: g for g in attention_groups(model)}
+    prune_heads(model, {p: even_heads(groups[p], n) for p, n in record.get("heads", {}).items()})
     prune_neurons(model, {p: range(n) for p, n in record.get("neurons", {}).items()})

@@ -200,6 +200,65 @@ class SmolVLMAdapter(AssistantAdapter):
                                           return_dict=True)
         return self.model.lm_head(out.last_hidden_state), out.past_key_values
 
+    # ------------------------------------------------------- training (zoo, pruning, distillation)
+    def connect(self, vision_states: torch.Tensor) -> torch.Tensor:
+        """Image features (``(images, image_seq_len, text width)``) of the vision tower's last states."""
+        return self.model.model.connector(vision_states)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """Token ids of the prompt the runtime builds for ``question`` about one unsplit image."""
+        from edgevlp.runtime.vlm_processing import ChatTemplate, build_prompt
+
+        cache = self.__dict__.setdefault("_prompt_ids", {})
+        if question not in cache:
+            text = build_prompt(ChatTemplate(self.chat_template), question, 0, 0, self.image_seq_len)
+            cache[question] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return cache[question]
+
+    def answer_batch(self, questions: list[str], answers: list[str] | list[list[int]]) -> dict[str, torch.Tensor]:
+        """Prompt + answer + ``<end_of_utterance>`` per row (answers as text, or as token ids already
+        ending where they end), right-padded; ``labels`` are the answer's ids, -100 elsewhere."""
+        settings = self.generation_settings()
+        rows = []
+        for question, answer in zip(questions, answers):
+            prompt = self.prompt_ids(question)
+            if isinstance(answer, str):
+                answer = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [settings["eos_token_id"]]
+            rows.append((prompt + list(answer), len(prompt)))
+        length = max(len(r) for r, _ in rows)
+        ids = torch.full((len(rows), length), int(settings["pad_token_id"]), dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        mask = torch.zeros_like(ids)
+        for i, (row, start) in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
+            labels[i, start:len(row)] = ids[i, start:len(row)]
+            mask[i, :len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def answer_logits(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                      ) -> torch.Tensor:
+        """Logits ``(rows, tokens, vocab)`` of prompts whose image tokens take ``features`` (one image per
+        row), teacher-forced, no cache."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, image_hidden_states=features,
+                          use_cache=False).logits
+
+    def greedy_answers(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 8) -> list[list[int]]:
+        """The model's own greedy answers (token ids up to and including ``<end_of_utterance>``) to one
+        question per image, re-running the whole sequence per token (short answers, no cache)."""
+        eos = int(self.generation_settings()["eos_token_id"])
+        answers: list[list[int]] = [[] for _ in questions]
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                open_rows = [i for i, a in enumerate(answers) if not a or a[-1] != eos]
+                if not open_rows:
+                    break
+                batch = self.answer_batch([questions[i] for i in open_rows], [answers[i] for i in open_rows])
+                logits = self.answer_logits(features[open_rows], batch["input_ids"], batch["attention_mask"])
+                last = batch["attention_mask"].sum(1) - 1
+                for row, i in enumerate(open_rows):
+                    answers[i].append(int(logits[row, last[row]].argmax()))
+        return answers
+
     def forward(self, pixel_values: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
         mask = inputs.get("pixel_attention_mask")
         if mask is None:

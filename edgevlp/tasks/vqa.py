@@ -7,8 +7,11 @@ the manifest; parity on the image features and on the greedy answer tokens again
 ``generate`` for real photos split into one and into several tiles.
 
 Calibration feeds (for ``edgevlp compress``'s quantisation, e.g. the 4-bit weight-only decoder of
-``recipes/smolvlm-int4.toml``) run the FP32 graphs on each frame unsplit. Not landed yet for this task
-(each raises :class:`~edgevlp.errors.NotAvailableYet` saying so): pruning signals and distillation.
+``recipes/smolvlm-int4.toml``) run the FP32 graphs on each frame unsplit. Pruning importance is the
+likelihood of the model's own greedy answer to the default prompt, teacher-forced on one unsplit tile;
+distillation trains on the answer tokens of questions generated from shape scenes (cross-entropy on
+the reference answer + KL to the teacher on the same tokens), or, on other images, on the teacher's
+greedy answer to the default prompt (KL only).
 
 Evaluation (``edgevlp eval``) asks the questions of :func:`edgevlp.data.questions.eval_questions` about
 every shape scene (colour, shape, count, is-there, where) and scores exact match after
@@ -21,14 +24,30 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgevlp.errors import InputError, NotAvailableYet
+from edgevlp.errors import InputError
 from edgevlp.tasks.base import Task
 
 __all__ = ["VQATask", "VQA"]
 
-def _not_yet(what: str) -> NotAvailableYet:
-    return NotAvailableYet(f"{what} for vqa models (SmolVLM, Idefics3) has not landed yet (issue #16: pruning "
-                           "and distillation); quantise with recipes/smolvlm-int4.toml or export as is")
+#: longest self-generated answer the pruning importance scores
+FISHER_MAX_TOKENS = 12
+#: generated questions per image in a distillation batch (the image features are shared)
+DISTILL_QUESTIONS = 2
+
+
+def _answer_logits(adapter: Any, features: Any, questions: list[str], answers: list[Any]) -> tuple[Any, Any, Any]:
+    """Next-token logits, targets and the answer-token mask of ``answers`` to ``questions``."""
+    rows = adapter.answer_batch(questions, answers)
+    logits = adapter.answer_logits(features, rows["input_ids"], rows["attention_mask"])
+    return logits[:, :-1], rows["input_ids"][:, 1:], (rows["labels"][:, 1:] != -100).float()
+
+
+def _own_answers(adapter: Any, pixel_values: Any) -> tuple[Any, list[str], list[list[int]]]:
+    """Image features (with autograd where enabled), the default prompt per image and the model's
+    own greedy answers to it."""
+    features = adapter.connect(adapter.vision_tower()(pixel_values=pixel_values).last_hidden_state)
+    questions = [adapter.default_prompt] * int(pixel_values.shape[0])
+    return features, questions, adapter.greedy_answers(features.detach(), questions, FISHER_MAX_TOKENS)
 
 
 _KIND_LABELS = {"colour": "colour questions", "shape": "shape questions", "count": "count questions",
@@ -83,17 +102,51 @@ class VQATask(Task):
         return assistant_feeds(adapter, graphs, frames, max_new_tokens)
 
     def run_forward(self, adapter: Any, batch: Any) -> None:
-        raise _not_yet("activation-based pruning")
+        features, questions, answers = _own_answers(adapter, batch.pixel_values)
+        _answer_logits(adapter, features, questions, answers)
 
     def fisher_loss(self, adapter: Any, batch: Any, gen: Any) -> Any:
-        raise _not_yet("pruning")
+        """Cross-entropy of the model's own greedy answer to the default prompt, teacher-forced."""
+        from edgevlp.tasks.losses import masked_token_ce
+
+        features, questions, answers = _own_answers(adapter, batch.pixel_values)
+        return masked_token_ce(*_answer_logits(adapter, features, questions, answers))
 
     def has_task_loss(self, split: str | None) -> bool:
-        return False
+        return split is not None  # shape scenes: reference answers to generated questions
 
     def distill_terms(self, job: Any, batch: dict[str, Any], student_states: Any,
                       teacher_states: Any) -> tuple[Any, Any]:
-        raise _not_yet("distillation")
+        """Answer-token cross-entropy (reference answers) and T^2 KL to the teacher on the same tokens."""
+        import numpy as np
+        import torch
+
+        from edgevlp.data.questions import scene_questions
+        from edgevlp.tasks.losses import caption_kd, masked_token_ce
+
+        student, teacher, temp = job.student, job.teacher, job.cfg.temperature
+        s_feats, t_feats = student.connect(student_states), teacher.connect(teacher_states).detach()
+        scenes = batch.get("scenes")
+        if scenes is not None:
+            rows, questions, answers = [], [], []
+            for i, scene in enumerate(scenes):
+                qa = scene_questions(scene.phrases, [o.box_xyxy for o in scene.objects], scene.image.shape[1],
+                                     seed=scene.seed)
+                order = np.random.default_rng(scene.seed).permutation(len(qa))[:DISTILL_QUESTIONS]
+                for j in order:
+                    rows.append(i)
+                    questions.append(qa[int(j)].question)
+                    answers.append(qa[int(j)].answer)
+        else:
+            rows = list(range(int(s_feats.shape[0])))
+            questions = [student.default_prompt] * len(rows)
+            answers = teacher.greedy_answers(t_feats, questions, FISHER_MAX_TOKENS)
+        index = torch.tensor(rows)
+        s_logits, targets, mask = _answer_logits(student, s_feats[index], questions, answers)
+        with torch.no_grad():
+            t_logits, _, _ = _answer_logits(teacher, t_feats[index], questions, answers)
+        task = masked_token_ce(s_logits, targets, mask) if scenes is not None else s_logits.sum() * 0.0
+        return task, caption_kd(s_logits, t_logits, mask, temp)
 
     # -------------------------------------------------------------------------------- evaluation
     def bench_call(self, model: Any, prompts: list[str], exact: bool) -> Any:

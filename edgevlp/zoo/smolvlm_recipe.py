@@ -28,7 +28,6 @@ from edgevlp.data import CAPTION_VOCAB, SHAPES, dataset
 from edgevlp.data.questions import ANSWER_WORDS, QA, eval_questions, normalize_answer, question_texts, scene_questions
 from edgevlp.models._tokenizers import smolvlm_tokenizer
 from edgevlp.models.smolvlm import IMAGE_TOKEN, Idefics3Adapter
-from edgevlp.runtime.vlm_processing import ChatTemplate, build_prompt
 
 __all__ = ["SmolVLMRecipe", "QUESTIONS_PER_IMAGE", "MEAN", "STD"]
 
@@ -57,7 +56,6 @@ class SmolVLMRecipe(Recipe):
     def __init__(self) -> None:
         self.image_size = 128
         self.patch = 8
-        self._prompt_ids: dict[str, list[int]] = {}
 
     def build(self, seed: int, tiny: bool) -> Idefics3Adapter:
         c = _SIZES[tiny]
@@ -87,7 +85,6 @@ class SmolVLMRecipe(Recipe):
         processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": c["image"]},
                                            max_image_size={"longest_edge": c["image"]},
                                            image_mean=list(MEAN), image_std=list(STD)).to_dict()
-        self._prompt_ids = {}
         return Idefics3Adapter(model, processor_config=processor, tokenizer=tokenizer,
                                source=f"{self.name} (edgevlp zoo train, seed {seed})")
 
@@ -111,36 +108,6 @@ class SmolVLMRecipe(Recipe):
                 "qa": [self.questions(s, rng) for s in scenes],
                 "patch_shapes": patch_shape_labels(scenes, self.image_size, self.patch)}
 
-    def prompt_ids(self, adapter: Idefics3Adapter, question: str) -> list[int]:
-        """The token ids the runtime builds for ``question`` about one unsplit image (cached)."""
-        ids = self._prompt_ids.get(question)
-        if ids is None:
-            settings = adapter.prompt_settings()
-            text = build_prompt(ChatTemplate(settings["chat_template"]), question, 0, 0, settings["image_seq_len"])
-            ids = self._prompt_ids[question] = adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids
-
-    def encode(self, adapter: Idefics3Adapter, qa: list[list[QA]]) -> dict[str, torch.Tensor]:
-        """Prompt + `` answer<end_of_utterance>`` per question, right-padded; labels score the answer only."""
-        tok = adapter.tokenizer
-        eou = adapter.generation_settings()["eos_token_id"]
-        rows = []
-        for questions in qa:
-            for q in questions:
-                prompt = self.prompt_ids(adapter, q.question)
-                answer = tok(" " + q.answer, add_special_tokens=False)["input_ids"] + [eou]
-                rows.append((prompt + answer, len(prompt)))
-        length = max(len(r) for r, _ in rows)
-        pad = adapter.generation_settings()["pad_token_id"]
-        ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        labels = torch.full((len(rows), length), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, (row, start) in enumerate(rows):
-            ids[i, :len(row)] = torch.tensor(row)
-            labels[i, start:len(row)] = ids[i, start:len(row)]
-            mask[i, :len(row)] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
     # ----------------------------------------------------------------------------------- loss
     def loss(self, adapter: Idefics3Adapter, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         model = adapter.model
@@ -148,9 +115,11 @@ class SmolVLMRecipe(Recipe):
         grid = self.image_size // self.patch
         patches = torch.ones((px.shape[0], grid, grid), dtype=torch.bool, device=px.device)
         states = model.model.vision_model(pixel_values=px, patch_attention_mask=patches).last_hidden_state
-        features = model.model.connector(states)  # (images, tokens, text width)
+        features = adapter.connect(states)  # (images, tokens, text width)
         per_image = len(batch["qa"][0])
-        text = {k: v.to(px.device) for k, v in self.encode(adapter, batch["qa"]).items()}
+        qa = [q for questions in batch["qa"] for q in questions]
+        text = {k: v.to(px.device) for k, v in adapter.answer_batch([q.question for q in qa],
+                                                                    [q.answer for q in qa]).items()}
         out = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"], labels=text["labels"],
                     image_hidden_states=features.repeat_interleave(per_image, dim=0))
         probe = model.shape_probe(states)
