@@ -17,7 +17,7 @@ from edgevlp.models import ZOO_DIR, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 
-SHIPPED = ("demo-blip", "demo-owlvit")
+SHIPPED = ("demo-blip", "demo-owlvit", "demo-smolvlm")
 
 
 
@@ -56,6 +56,27 @@ def test_demo_blip_captions_val_scenes() -> None:
     assert pairs_right >= 3, list(zip(texts, [s.phrases for s in scenes]))
 
 
+def test_demo_smolvlm_answers_colour_questions() -> None:
+    # colours are its strong part (its card: vqa_colour); on the first ten val scenes with a colour
+    # question (not hand-picked) most answers must be right, and they must differ with the scene
+    from edgevlp.data.questions import eval_questions, normalize_answer
+
+    adapter = load_model("demo-smolvlm")
+    assert all(p.dtype == torch.float32 for p in adapter.model.parameters())
+    assert not hasattr(adapter.model, "shape_probe")
+    size = adapter.tile_size
+    asked = []
+    for i, scene in enumerate(dataset("val", 40, size=size)):
+        qa = [q for q in eval_questions(scene.phrases, [o.box_xyxy for o in scene.objects], size, i)
+              if q.kind == "colour"]
+        if qa:
+            asked.append((scene, qa[0]))
+    said = [normalize_answer(adapter.tokenizer.decode(adapter.answer_ids(s.image, q.question, 4)[0],
+                                                      skip_special_tokens=True)) for s, q in asked[:10]]
+    right = sum(a == q.answer for a, (_, q) in zip(said, asked))
+    assert right >= 7 and len(set(said)) >= 3, list(zip(said, [q for _, q in asked]))
+
+
 def test_demo_owlvit_finds_a_prompted_object() -> None:
     adapter = load_model("demo-owlvit")
     assert all(p.dtype == torch.float32 for p in adapter.model.parameters())
@@ -68,8 +89,11 @@ def test_demo_owlvit_finds_a_prompted_object() -> None:
         assert box_iou(record.boxes[0], np.asarray(target.box_xyxy)) >= 0.5, (scene.seed, target.phrase)
 
 
+TASKS = {"demo-blip": "caption", "demo-owlvit": "detect", "demo-smolvlm": "vqa"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["demo-blip", "demo-owlvit"])
+@pytest.mark.parametrize("name", list(TASKS))
 def test_training_smoke_loss_goes_down(name, tmp_path) -> None:
     from edgevlp.zoo.train import train
 
@@ -80,7 +104,7 @@ def test_training_smoke_loss_goes_down(name, tmp_path) -> None:
     assert len(losses) == 20 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
     adapter = load_model(out)  # the saved folder is an ordinary loadable model dir
-    assert adapter.task == ("caption" if name == "demo-blip" else "detect")
+    assert adapter.task == TASKS[name]
     card = json.loads((out / "metrics.json").read_text())
     assert card["training"]["steps"] == 20 and "edgevlp zoo train" in card["training"]["command"]
 
@@ -148,6 +172,7 @@ def test_zoo_lists_both(capsys) -> None:
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert set(SHIPPED) <= set(listed)
     assert listed["demo-blip"]["family"] == "blip" and listed["demo-owlvit"]["family"] == "owlvit"
+    assert listed["demo-smolvlm"]["family"] == "idefics3"
     assert 1e6 < listed["demo-blip"]["parameters"] < 20e6
 
 
@@ -156,14 +181,15 @@ def test_zoo_train_unknown_name(capsys) -> None:
     assert "demo-blip" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name,keys", [("demo-blip", ("bleu4", "cider")), ("demo-owlvit", ("map", "map50"))])
+@pytest.mark.parametrize("name,keys", [("demo-blip", ("bleu4", "cider")), ("demo-owlvit", ("map", "map50")),
+                                       ("demo-smolvlm", ("vqa_accuracy", "vqa_colour"))])
 def test_eval_cli_json(name, keys, tmp_path, capsys) -> None:
     path = tmp_path / "m.json"
     assert main(["eval", name, "--data", "shapes:val:6", "--json", str(path), "--no-progress"]) == 0
     result = json.loads(path.read_text())
     assert result["n_images"] == 6 and all(0.0 <= result[k] for k in keys)
     table = capsys.readouterr().out
-    assert ("BLEU-4" in table and "CIDEr" in table) if name == "demo-blip" else "mAP@.5" in table
+    assert {"demo-blip": "CIDEr", "demo-owlvit": "mAP@.5", "demo-smolvlm": "VQA accuracy"}[name] in table
 
 
 def test_zoo_listing_does_not_import_torch() -> None:

@@ -10,7 +10,7 @@ Listing is torch-free; training (:func:`edgevlp.zoo.train.train`) imports torch.
 Example:
     >>> from edgevlp.zoo import list_models
     >>> sorted(m.name for m in list_models())
-    ['demo-blip', 'demo-owlvit']
+    ['demo-blip', 'demo-owlvit', 'demo-smolvlm']
 """
 
 from __future__ import annotations
