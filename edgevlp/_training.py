@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from edgevlp.data.vocab import SHAPES, SPLITS
 from edgevlp.errors import InputError
 
-__all__ = ["Recipe", "TrainSettings", "run", "to_pixels", "patch_shape_labels", "train_index", "STATE_DIR"]
+__all__ = ["Recipe", "TrainSettings", "run", "to_pixels", "patch_shape_labels", "shape_probe_loss", "train_index", "STATE_DIR"]
 
 STATE_DIR = ".train"
 
@@ -317,3 +317,17 @@ def patch_shape_labels(scenes: list[Any], size: int, patch: int) -> torch.Tensor
             cols = (centres >= x0) & (centres < x1)
             labels[i][np.ix_(rows, cols)] = 1 + SHAPES.index(obj.shape)
     return torch.from_numpy(labels.reshape(len(scenes), -1))
+
+
+#: weight of the background class in :func:`shape_probe_loss` (~89 % of the patches are background)
+PROBE_BACKGROUND_WEIGHT = 0.1
+
+
+def shape_probe_loss(probe_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a per-patch shape probe ``(batch, patches, 1 + shapes)`` against
+    :func:`patch_shape_labels`, background down-weighted (the demo captioner's and assistant's
+    training-only signal that gives the vision tower the shapes)."""
+    weight = torch.ones(probe_logits.shape[-1], device=probe_logits.device)
+    weight[0] = PROBE_BACKGROUND_WEIGHT
+    return torch.nn.functional.cross_entropy(probe_logits.float().flatten(0, 1), labels.to(probe_logits.device).flatten(),
+                                             weight=weight)

@@ -26,7 +26,7 @@ from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProc
 from edgevlp.data import CAPTION_VOCAB, SHAPES, dataset
 from edgevlp.models._tokenizers import wordpiece_tokenizer
 from edgevlp.models.blip import BlipAdapter
-from edgevlp._training import Recipe, patch_shape_labels, to_pixels, train_index
+from edgevlp._training import Recipe, patch_shape_labels, shape_probe_loss, to_pixels, train_index
 
 __all__ = ["BlipRecipe", "CLIP_MEAN", "CLIP_STD", "patch_shape_labels"]
 
@@ -43,7 +43,6 @@ _SIZES = {
 MAX_TOKENS = 48
 #: weight of the per-patch shape probe's cross-entropy beside the caption loss
 PROBE_WEIGHT = 1.0
-BACKGROUND_WEIGHT = 0.1
 
 
 class BlipRecipe(Recipe):
@@ -103,10 +102,7 @@ class BlipRecipe(Recipe):
         text = self.encode_captions(adapter, batch["captions"])
         out = adapter.model(pixel_values=batch["pixel_values"], **text)
         probe = adapter.model.shape_probe(out.image_embeds[:, 1:])  # the patches, not the CLS token
-        weight = torch.ones(probe.shape[-1], device=probe.device)
-        weight[0] = BACKGROUND_WEIGHT  # ~89 % of the patches are background
-        shape_loss = torch.nn.functional.cross_entropy(probe.float().flatten(0, 1), batch["patch_shapes"].flatten(),
-                                                       weight=weight)
+        shape_loss = shape_probe_loss(probe, batch["patch_shapes"])
         caption_loss = out.loss.float()
         return caption_loss + PROBE_WEIGHT * shape_loss, {"caption": round(float(caption_loss.detach()), 4),
                                                           "probe": round(float(shape_loss.detach()), 4)}

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor
 
-from edgevlp._training import Recipe, patch_shape_labels, to_pixels, train_index
+from edgevlp._training import Recipe, patch_shape_labels, shape_probe_loss, to_pixels, train_index
 from edgevlp.data import CAPTION_VOCAB, SHAPES, dataset
 from edgevlp.data.questions import ANSWER_WORDS, QA, eval_questions, normalize_answer, question_texts, scene_questions
 from edgevlp.models._tokenizers import smolvlm_tokenizer
@@ -44,7 +44,6 @@ QUESTIONS_PER_IMAGE = 4
 DESCRIBE_SHARE = 0.15
 MAX_POSITIONS = 256
 PROBE_WEIGHT = 0.5
-BACKGROUND_WEIGHT = 0.1
 
 
 class SmolVLMRecipe(Recipe):
@@ -122,11 +121,7 @@ class SmolVLMRecipe(Recipe):
                                                                     [q.answer for q in qa]).items()}
         out = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"], labels=text["labels"],
                     image_hidden_states=features.repeat_interleave(per_image, dim=0))
-        probe = model.shape_probe(states)
-        weight = torch.ones(probe.shape[-1], device=probe.device)
-        weight[0] = BACKGROUND_WEIGHT
-        shape_loss = torch.nn.functional.cross_entropy(probe.float().flatten(0, 1),
-                                                       batch["patch_shapes"].to(px.device).flatten(), weight=weight)
+        shape_loss = shape_probe_loss(model.shape_probe(states), batch["patch_shapes"])
         answer_loss = out.loss.float()
         return answer_loss + PROBE_WEIGHT * shape_loss, {"answer": round(float(answer_loss.detach()), 4),
                                                          "probe": round(float(shape_loss.detach()), 4)}
