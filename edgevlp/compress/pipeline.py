@@ -206,14 +206,16 @@ def compress_model(model: str | os.PathLike[str] | ModelAdapter, recipe: Recipe 
     return report
 
 
-_METRIC_KEYS = ("cider", "bleu4", "map50", "map")
-
-
 def _metric(model: Any, data: str, n: int) -> dict[str, float]:
+    """The task's headline metric and its first two printed ones (captioners: CIDEr, BLEU-4; detectors:
+    mAP, mAP@.5; vqa: accuracy)."""
     from edgevlp.eval import evaluate
+    from edgevlp.tasks import get_task
 
     result = evaluate(model, data, n, progress=False)
-    return {k: round(float(result[k]), 4) for k in _METRIC_KEYS if k in result}
+    task = get_task(result["task"])
+    keys = dict.fromkeys([task.metric, *(k for k, _ in task.metric_labels[:2])])
+    return {k: round(float(result[k]), 4) for k in keys if k in result}
 
 
 def _metric_compressed(out: Path, work: Path, data: str, n: int, target: str) -> dict[str, float]:
