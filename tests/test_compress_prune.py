@@ -21,7 +21,8 @@ from edgevlp.models import load_model, tiny_adapter
 from edgevlp.models.pruning import attention_groups, mlp_groups, prune_heads, prune_neurons
 
 ARCHS = ["BlipForConditionalGeneration", "VisionEncoderDecoderModel", "OwlViTForObjectDetection",
-         "Owlv2ForObjectDetection"]
+         "Owlv2ForObjectDetection", "Idefics3ForConditionalGeneration",
+         "SmolVLMForConditionalGeneration"]
 
 
 def _pixels(adapter, photos_bgr) -> torch.Tensor:
@@ -33,7 +34,7 @@ def _pixels(adapter, photos_bgr) -> torch.Tensor:
 
 def _outputs(adapter, px) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        return adapter.forward(px)
+        return adapter.forward(px[:, None] if adapter.task == "vqa" else px)  # vqa: (batch, tiles, 3, h, w)
 
 
 def _assert_input_dependent(out: dict[str, torch.Tensor]) -> None:

@@ -96,12 +96,35 @@ def _clip_forward(self: Any, hidden_states: torch.Tensor, attention_mask: torch.
     return self.out_proj(out), (weights if output_attentions else None)
 
 
+def _siglip_forward(self: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SigLIP-style attention (SmolVLM / Idefics3 vision) with its output width taken from the module's
+    head count (the original reshapes to the input width); the model's own attention function."""
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    bsz, seq, _ = hidden_states.shape
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(bsz, seq, self.num_heads, self.head_dim).transpose(1, 2)
+
+    attention = sys.modules[type(self).__mro__[1].__module__].eager_attention_forward
+    if self.config._attn_implementation != "eager":
+        attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+    out, weights = attention(self, heads(self.q_proj(hidden_states)), heads(self.k_proj(hidden_states)),
+                             heads(self.v_proj(hidden_states)), attention_mask, is_causal=self.is_causal,
+                             scaling=self.scale, dropout=0.0 if not self.training else self.dropout)
+    return self.out_proj(out.reshape(bsz, seq, self.num_heads * self.head_dim).contiguous()), weights
+
+
 def _gpt2_head_out(m: nn.Module) -> tuple[tuple[str, int], ...]:
     return (("q_attn", 1), ("c_attn", 2)) if getattr(m, "is_cross_attention", False) else (("c_attn", 3),)
 
 
 _QKV = (("q_proj", 1), ("k_proj", 1), ("v_proj", 1))
 _CLIP = _AttnLayout(lambda m: _QKV, "out_proj", "num_heads", ("embed_dim",), "head_dim", _clip_forward)
+_SIGLIP = _AttnLayout(lambda m: _QKV, "out_proj", "num_heads", ("embed_dim",), "head_dim", _siglip_forward)
 _BERT_SELF = (("self.query", 1), ("self.key", 1), ("self.value", 1))
 _VIT_SELF = (("attention.query", 1), ("attention.key", 1), ("attention.value", 1))
 
@@ -117,6 +140,8 @@ ATTENTION: dict[str, _AttnLayout] = {
     "ViTAttention": _AttnLayout(lambda m: _VIT_SELF, "output.dense", "attention.num_attention_heads",
                                 ("attention.all_head_size",), "attention.attention_head_size"),
     "GPT2Attention": _AttnLayout(_gpt2_head_out, "c_proj", "num_heads", ("split_size",), "head_dim"),
+    "Idefics3VisionAttention": _SIGLIP,
+    "SmolVLMVisionAttention": _SIGLIP,
     # SmolVLM / Idefics3 decoder (Llama): sizes itself from its linears; grouped-query
     "LlamaAttention": _AttnLayout(lambda m: (("q_proj", 1),), "o_proj", None, (), "head_dim",
                                   kv_proj="k_proj", kv_groups="num_key_value_groups"),
@@ -131,6 +156,7 @@ MLP: dict[str, tuple[tuple[str, ...], str]] = {
     "ViTLayer": (("intermediate.dense",), "output.dense"),
     "GPT2MLP": (("c_fc",), "c_proj"),
     "Idefics3VisionMLP": (("fc1",), "fc2"),
+    "SmolVLMVisionMLP": (("fc1",), "fc2"),
     "LlamaMLP": (("gate_proj", "up_proj"), "down_proj"),
 }
 
