@@ -25,7 +25,7 @@ from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefi
 
 from edgevlp._training import Recipe, patch_shape_labels, shape_probe_loss, to_pixels, train_index
 from edgevlp.data import CAPTION_VOCAB, SHAPES, dataset
-from edgevlp.data.questions import ANSWER_WORDS, QA, eval_questions, normalize_answer, question_texts, scene_questions
+from edgevlp.data.questions import ANSWER_WORDS, QA, question_texts, scene_questions
 from edgevlp.models._tokenizers import smolvlm_tokenizer
 from edgevlp.models.smolvlm import IMAGE_TOKEN, Idefics3Adapter
 
@@ -111,9 +111,7 @@ class SmolVLMRecipe(Recipe):
     def loss(self, adapter: Idefics3Adapter, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         model = adapter.model
         px = batch["pixel_values"].to(model.device)
-        grid = self.image_size // self.patch
-        patches = torch.ones((px.shape[0], grid, grid), dtype=torch.bool, device=px.device)
-        states = model.model.vision_model(pixel_values=px, patch_attention_mask=patches).last_hidden_state
+        states = adapter.vision_tower()(pixel_values=px).last_hidden_state  # whole tiles: every patch real
         features = adapter.connect(states)  # (images, tokens, text width)
         per_image = len(batch["qa"][0])
         qa = [q for questions in batch["qa"] for q in questions]
@@ -132,12 +130,8 @@ class SmolVLMRecipe(Recipe):
             del adapter.model.shape_probe
 
     def quick_eval(self, adapter: Idefics3Adapter, n: int) -> dict[str, float]:
-        """Exact-match accuracy (greedy, transformers ``generate``) on the eval questions of ``n`` val scenes."""
-        right = total = 0
-        for i, scene in enumerate(dataset("val", n, size=self.image_size)):
-            for q in eval_questions(scene.phrases, [o.box_xyxy for o in scene.objects], self.image_size, i):
-                ids = adapter.answer_ids(scene.image, q.question, max_new_tokens=4)
-                text = adapter.tokenizer.decode(ids[0], skip_special_tokens=True)
-                right += normalize_answer(text) == normalize_answer(q.answer)
-                total += 1
-        return {"vqa_accuracy": round(right / max(total, 1), 4)}
+        """`edgevlp eval`'s exact-match accuracy (greedy, transformers ``generate``) on ``n`` val scenes."""
+        from edgevlp.eval import evaluate
+
+        result = evaluate(adapter, "shapes:val", n, max_new_tokens=4, progress=False)
+        return {"vqa_accuracy": round(result["vqa_accuracy"], 4)}
