@@ -25,6 +25,7 @@ __all__ = [
     "BackendUnavailableError",
     "DependencyError",
     "SourceError",
+    "ServerError",
     "NotAvailableYet",
 ]
 
@@ -69,6 +70,10 @@ class DependencyError(EdgeVLPError):
 
 class SourceError(EdgeVLPError):
     """A video source (camera, file, stream, GStreamer pipeline) cannot be opened or was lost."""
+
+
+class ServerError(EdgeVLPError):
+    """An inference server (tritonserver) could not be started or reached, or refused a request."""
 
 
 class NotAvailableYet(EdgeVLPError):

@@ -1,0 +1,1 @@
+"""Python models of a Triton repository (imported only inside tritonserver's Python backend)."""

@@ -1,0 +1,125 @@
+"""What the Python models of a repository share: their config, the bundle files, error responses, and
+:class:`BLSSession`, a runtime graph session whose ``run`` is a BLS request to a leaf model.
+
+Imported only inside tritonserver's Python backend (``triton_python_backend_utils`` exists there).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+
+from edgevlp.bundle import GraphSpec, Manifest, read_manifest
+from edgevlp.errors import EdgeVLPError, InputError
+from edgevlp.runtime.backends import GraphSession
+from edgevlp.runtime.tokenizer import BundleTokenizer
+
+__all__ = ["PythonModel", "BLSSession", "pb_utils", "MAX_IMAGE_SIDE"]
+
+#: Largest image side a request may carry (a 20000 x 20000 frame is refused, not resized).
+MAX_IMAGE_SIDE = 8192
+
+
+class BLSSession(GraphSession):
+    """A bundle graph served by leaf model ``model``: ``run(feeds)`` is one BLS request (the feeds'
+    first axis is the batch the leaf's dynamic batcher sees)."""
+
+    def __init__(self, graph: GraphSpec, model: str) -> None:
+        super().__init__(graph)
+        self.model = model
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = pb_utils.InferenceRequest(
+            model_name=self.model, requested_output_names=self.output_names,
+            inputs=[pb_utils.Tensor(n, np.ascontiguousarray(feeds[n])) for n in self.input_names])
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"leaf model {self.model}: {response.error().message()}")
+        return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in self.output_names}
+
+
+class PythonModel:
+    """Base of the repository's Python models: ``initialize`` reads the config and the bundle;
+    subclasses implement :meth:`respond` (requests -> responses, in order)."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        self.model_config = json.loads(args["model_config"])
+        self.params = {k: v["string_value"] for k, v in self.model_config.get("parameters", {}).items()}
+        self.repository = Path(args["model_repository"]).parent
+        self.bundle_dir = self.repository / self.params["edgevlp_bundle"]
+        # the repository's files were hashed as a whole (edgevlp serve checks them); the bundle's
+        # manifest lists graphs that live in the leaves' directories, so it is read unverified here
+        self.manifest: Manifest = read_manifest(self.bundle_dir, verify=False)
+        self.tokenizer = BundleTokenizer.from_file(self.bundle_dir / self.manifest.tokenizer["file"])
+        self.setup()
+
+    def setup(self) -> None:
+        """Per-model set-up after the bundle is read."""
+
+    def json_param(self, key: str, default: Any = None) -> Any:
+        """A config parameter written as JSON (numbers, lists, objects)."""
+        return json.loads(self.params[key]) if key in self.params else default
+
+    def sessions(self) -> dict[str, GraphSession]:
+        """Every bundle graph that has a leaf (``edgevlp_leaves``), as a :class:`BLSSession`."""
+        leaves = self.json_param("edgevlp_leaves", {})
+        return {role: BLSSession(self.manifest.graphs[role], model) for role, model in leaves.items()}
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        try:
+            return self.respond(requests)
+        except Exception as err:  # noqa: BLE001 - every request gets an answer, the model stays up
+            return [error(err) for _ in requests]
+
+    def respond(self, requests: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def finalize(self) -> None:
+        pass
+
+
+def error(err: BaseException | str) -> Any:
+    """An error response: an :class:`EdgeVLPError` says what is wrong with the request; anything else
+    is named as a server-side failure."""
+    text = str(err) if isinstance(err, (EdgeVLPError, str)) else f"internal error: {type(err).__name__}: {err}"
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(text))
+
+
+def tensor(request: Any, name: str, *, required: bool = True) -> np.ndarray | None:
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    if t is None:
+        if required:
+            raise InputError(f"the request has no {name} input")
+        return None
+    return t.as_numpy()
+
+
+def frame_of(request: Any) -> np.ndarray:
+    """The request's IMAGE (1, H, W, 3) uint8 as one BGR frame, checked."""
+    image = tensor(request, "IMAGE")
+    assert image is not None
+    if image.ndim != 4 or image.shape[0] != 1 or image.shape[3] != 3:
+        raise InputError(f"IMAGE must be one BGR uint8 frame of shape (1, H, W, 3), got {tuple(image.shape)}")
+    h, w = image.shape[1:3]
+    if h == 0 or w == 0:
+        raise InputError(f"IMAGE is empty ({h} x {w}); send a decoded frame")
+    if max(h, w) > MAX_IMAGE_SIDE:
+        raise InputError(f"IMAGE is {w} x {h}; the largest side served is {MAX_IMAGE_SIDE} px: resize it")
+    return image[0]
+
+
+def per_request(requests: Sequence[Any], work: Callable[[Any], Any]) -> list[Any]:
+    """``work(request)`` for each request; a failing one gets its error response, the others go on."""
+    out = []
+    for r in requests:
+        try:
+            out.append(work(r))
+        except Exception as err:  # noqa: BLE001
+            out.append(error(err))
+    return out
