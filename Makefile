@@ -9,8 +9,13 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.edgevlp-installed
 PYTEST_ARGS ?=
+# The Triton serving venv (edgevlp serve, tests/test_serve.py): nvidia-pytriton ships a real tritonserver
+# (Python backend) and pins numpy<2, so it lives apart from .venv, with edgevlp's runtime installed in it.
+SERVE_VENV ?= .serve-venv
+SERVE_STAMP := $(SERVE_VENV)/.edgevlp-serve
+PYTRITON_SPEC ?= nvidia-pytriton==0.7.0
 
-.PHONY: install test demo bench clean
+.PHONY: install serve-env test demo bench clean
 
 install: $(STAMP)
 
@@ -21,7 +26,16 @@ $(STAMP): pyproject.toml CMakeLists.txt $(wildcard runtime/*.cpp runtime/*.h)
 	$(BIN)/python -c "import edgevlp._preprocess, torch, transformers; print('edgevlp installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $@
 
-test: install
+serve-env: $(SERVE_STAMP)
+
+$(SERVE_STAMP): pyproject.toml CMakeLists.txt $(wildcard runtime/*.cpp runtime/*.h)
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet "$(PYTRITON_SPEC)" "numpy<2"
+	$(SERVE_VENV)/bin/python -m pip install --quiet -e . "numpy<2"
+	$(SERVE_VENV)/bin/python -c "import pytriton, edgevlp.runtime, edgevlp._preprocess; print('serve env ready: nvidia-pytriton + edgevlp runtime in $(SERVE_VENV)')"
+	touch $@
+
+test: install serve-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -35,4 +49,4 @@ bench: install
 clean:
 	rm -rf build dist .pytest_cache .hypothesis demo-out out
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(SERVE_VENV)

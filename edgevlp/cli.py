@@ -18,7 +18,7 @@ from typing import Any
 from edgevlp import __version__
 from edgevlp._process import EXIT_INTERNAL, EXIT_INTERRUPTED, terminate_cleanly
 from edgevlp.errors import EdgeVLPError
-from edgevlp.targets import PRECISIONS, TARGETS, host_targets
+from edgevlp.targets import PRECISIONS, REPOSITORY_TARGETS, TARGETS, host_targets
 
 __all__ = ["main", "build_parser"]
 
@@ -149,6 +149,8 @@ def _run_export(args: argparse.Namespace) -> int:
         raise BundleError(f"output directory {out} is not empty; pass --force to replace it")
     from edgevlp.models import inspect_model
 
+    if args.target in REPOSITORY_TARGETS:
+        return _export_repository(args)
     if not (Path(args.model) / "compression.json").is_file():
         inspect_model(args.model)
     from edgevlp.bundle import read_manifest
@@ -212,10 +214,48 @@ def _run_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_repository(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgevlp.bundle import is_bundle
+    from edgevlp.export.repository import export_repository
+
+    if not is_bundle(args.model) and not (Path(args.model) / "compression.json").is_file():
+        from edgevlp.models import inspect_model
+
+        inspect_model(args.model)
+    settings = {"max_batch_size": args.max_batch_size, "queue_delay_us": args.queue_delay_us,
+                "instances": args.instances, "batching": False if args.no_batching else None}
+    record = export_repository(args.model, args.output, target=args.target, leaf=args.leaf,
+                               precision=args.precision, profile=args.profile, name=args.name,
+                               settings=settings, force=args.force, skip_parity=args.skip_parity)
+    s = record["settings"]
+    entries = ", ".join(f"{e['name']} ({e['task']})" for e in record["entries"])
+    print(f"{args.target} repository {args.output}: {entries}; {len(record['models'])} models "
+          f"({', '.join(record['models'])}); leaves: {record['leaf']}; dynamic batching "
+          + (f"up to {s['max_batch_size']} (wait {s['queue_delay_us']} us)" if s["batching"] else "off")
+          + f", {s['instances']} instance(s) per model\nserve it: edgevlp serve {args.output}")
+    return 0
+
+
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model dir, demo-zoo name, hub id or `edgevlp compress` output")
-    p.add_argument("-o", "--output", required=True, help="bundle directory to write")
-    p.add_argument("--target", required=True, choices=list(TARGETS))
+    from edgevlp.serve.leaves import LEAVES  # a table only: no engine, no tritonclient
+
+    p.add_argument("model", help="model dir, demo-zoo name, hub id or `edgevlp compress` output (or, for "
+                                 "--target triton, a bundle)")
+    p.add_argument("-o", "--output", required=True, help="bundle (or, for --target triton, model "
+                                                         "repository) directory to write")
+    p.add_argument("--target", required=True, choices=[*TARGETS, *REPOSITORY_TARGETS])
+    p.add_argument("--leaf", default="python", choices=list(LEAVES),
+                   help="--target triton: the engine of each graph's model (default python: onnxruntime "
+                        "inside Triton's Python backend, what any tritonserver can run)")
+    p.add_argument("--name", help="--target triton: the entry model's name (default: the model family)")
+    p.add_argument("--max-batch-size", type=int, help="--target triton: dynamic batch size (default: the "
+                                                      "profile's [serve] table)")
+    p.add_argument("--queue-delay-us", type=int, help="--target triton: how long a batch may wait to fill")
+    p.add_argument("--instances", type=int, help="--target triton: instances per model")
+    p.add_argument("--no-batching", action="store_true", help="--target triton: no dynamic batching "
+                                                              "(each request alone; a load-test baseline)")
     defaults = ", ".join(f"{t.precision} for {t.name}" for t in TARGETS.values())
     p.add_argument("--precision", choices=PRECISIONS,
                    help="default: an `edgevlp compress` output's own (int8 when it holds INT8 graphs; "
@@ -224,6 +264,47 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, help="ONNX opset")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--skip-parity", action="store_true", help="skip the parity check (bundle unverified)")
+
+
+# ----------------------------------------------------------------------------------------- serve
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repositories", nargs="+", metavar="REPO",
+                   help="model repositories written by `edgevlp export ... --target triton`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; Triton has no "
+                                                      "authentication: bind others only on a trusted network)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port; gRPC is PORT+1, metrics PORT+2 "
+                                                          "(default 8000)")
+    p.add_argument("--triton-python", help="a Python with nvidia-pytriton installed (default: "
+                                           "EDGEVLP_SERVE_PYTHON, ./.serve-venv, or tritonserver on PATH)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the repositories")
+    p.add_argument("--quiet", action="store_true", help="do not forward tritonserver's log")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from edgevlp.serve.repository import read_repository
+    from edgevlp.serve.server import TritonServer, find_tritonserver
+
+    records = [read_repository(r, verify=not args.no_verify) for r in args.repositories]
+    install = find_tritonserver(args.triton_python)
+    server = TritonServer(args.repositories, host=args.host, port=args.port, install=install,
+                          on_log=None if args.quiet else lambda line: print(line, end="", file=sys.stderr))
+    entries = ", ".join(f"{e['name']} ({e['task']})" for r in records for e in r["entries"])
+    print(f"starting tritonserver ({install.binary}) on {entries}", flush=True)
+    server.start()
+    try:
+        print(f"serving: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}; "
+              f"Ctrl-C stops\n  e.g. edgevlp run --server {server.grpc_url} --source clip.mp4 --headless",
+              flush=True)
+        code = server.process.wait() if server.process is not None else 0
+        from edgevlp.errors import ServerError
+
+        raise ServerError(f"tritonserver exited on its own with code {code}; its log ends:\n{server.log_tail(20)}")
+    except KeyboardInterrupt:
+        print("stopping tritonserver", file=sys.stderr, flush=True)
+        server.stop()
+        return 0
+    finally:
+        server.stop()
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -420,8 +501,13 @@ VERBS: tuple[Verb, ...] = (
     Verb("export", "export a model to a self-describing bundle (ONNX, OpenVINO IR, TensorRT-ready)",
          "  edgevlp export demo-blip -o bundles/blip-cpu --target cpu\n"
          "  edgevlp export out/blip-int8 -o bundles/blip-orin --target jetson "
-         "--profile export/targets/jetson-orin-nano.toml",
+         "--profile export/targets/jetson-orin-nano.toml\n"
+         "  edgevlp export demo-owlvit -o triton-repo --target triton --leaf python",
          _export_args, _run_export),
+    Verb("serve", "serve Triton model repositories with a real tritonserver (HTTP, gRPC, metrics)",
+         "  edgevlp serve triton-repo\n"
+         "  edgevlp serve repo-blip repo-owl --port 9000      # HTTP 9000, gRPC 9001, metrics 9002",
+         _serve_args, _run_serve),
     Verb("run", "run the camera app on bundles (captioning or questions, and/or detection)",
          "  edgevlp run bundles/blip-cpu bundles/owl-cpu --source 0 --prompts \"person, cup\"\n"
          "  edgevlp run bundles/owl-cpu --source clip.mp4 --headless --output out/run\n"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from edgevlp.errors import InputError
 
-__all__ = ["PRECISIONS", "CPU", "Target", "TARGETS", "get_target", "devices", "default_precision",
+__all__ = ["PRECISIONS", "CPU", "Target", "TARGETS", "RepositoryTarget", "REPOSITORY_TARGETS", "get_target", "devices", "default_precision",
            "host_targets", "graph_formats"]
 
 #: Numeric precisions a bundle can be exported at.
@@ -72,6 +72,28 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "fp16", ("tensorrt", "onnxruntime"), "jetson"),
     Target("laptop-gpu", "edgevlp.export.tensorrt_target:write", "laptop-gpu", ("onnx", "tensorrt"),
            "fp16", ("tensorrt", "onnxruntime"), "laptop-gpu"),
+)}
+
+
+@dataclass(frozen=True)
+class RepositoryTarget:
+    """A target whose output is a serving repository built around a bundle, not a bundle.
+
+    Attributes:
+        name: the ``--target`` value.
+        writer: ``"module:function"``: ``write(bundle, output, **options)``, torch-free.
+        leaves: ``"module:TABLE"`` of the engines that may serve the graphs (the ``--leaf`` choices);
+            each row names the bundle target the graphs are exported for when a model is given.
+    """
+
+    name: str
+    writer: str
+    leaves: str
+
+
+#: name -> repository target (``edgevlp export MODEL_OR_BUNDLE --target NAME``).
+REPOSITORY_TARGETS: dict[str, RepositoryTarget] = {t.name: t for t in (
+    RepositoryTarget("triton", "edgevlp.serve.repository:write_repository", "edgevlp.serve.leaves:LEAVES"),
 )}
 
 

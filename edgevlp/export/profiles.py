@@ -16,7 +16,7 @@ __all__ = ["PRECISIONS", "TargetProfile", "load_profile", "profiles_dir", "check
 
 _KEYS = {"name", "target", "description", "precision", "image_size", "static_batch", "workspace_mib",
          "dla_core", "jetpack", "tensorrt", "cuda", "openvino_device", "shapes", "generation",
-         "tolerance"}
+         "tolerance", "serve"}
 
 
 def profiles_dir() -> Path:
@@ -44,6 +44,8 @@ class TargetProfile:
     openvino_device: str = "CPU"
     versions: dict[str, str] = field(default_factory=dict)
     tolerance: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Triton scheduling of a repository cut from this profile's bundles (edgevlp.serve.ServeSettings)
+    serve: dict[str, Any] = field(default_factory=dict)
     path: str = ""
 
     def range_of(self, dim: str, graph_static: int | None = None) -> tuple[int, int, int]:
@@ -77,7 +79,7 @@ class TargetProfile:
                 "workspace_mib": self.workspace_mib, "dla_core": self.dla_core,
                 "openvino_device": self.openvino_device, "max_new_tokens": self.max_new_tokens,
                 "shapes": {k: list(v) for k, v in self.shapes.items()}, "versions": self.versions,
-                "tolerance": {k: list(v) for k, v in self.tolerance.items()}}
+                "tolerance": {k: list(v) for k, v in self.tolerance.items()}, "serve": dict(self.serve)}
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> TargetProfile:
@@ -124,7 +126,7 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> TargetProfile:
             workspace_mib=int(data.get("workspace_mib", 1024)), dla_core=int(data.get("dla_core", -1)),
             openvino_device=str(data.get("openvino_device", "CPU")),
             versions={k: str(data[k]) for k in ("jetpack", "tensorrt", "cuda") if k in data},
-            tolerance=tolerance, path=str(path))
+            tolerance=tolerance, serve=dict(data.get("serve", {})), path=str(path))
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, InputError):
             raise

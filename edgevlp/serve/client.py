@@ -68,7 +68,10 @@ class Client:
         try:
             return fn()
         except self._error as err:
-            raise ServerError(f"{what} at {self.url}: {err.message() or err}") from None
+            text = str(err.message() or err)
+            down = "UNAVAILABLE" in str(err.status()) or "connect" in text.lower()
+            raise ServerError(f"{what} at {self.url}: {text}" + ("; is the server running (edgevlp serve "
+                                                                 "REPO)?" if down else "")) from None
         except Exception as err:  # noqa: BLE001 - connection errors of grpc/gevent
             raise ServerError(f"{what} at {self.url} failed ({type(err).__name__}: {err}); is the "
                               "server running (edgevlp serve REPO)?") from None
@@ -113,6 +116,8 @@ class Client:
         check_frame(frame, "the client")
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise InputError(f"frames must be BGR uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+        if frame.size == 0:  # also: Triton's ensemble scheduler never answers a zero-byte input
+            raise InputError(f"the frame is empty ({frame.shape[1]} x {frame.shape[0]}); send a decoded frame")
         out = []
         for name, value, dtype in ((IMAGE, np.ascontiguousarray(frame[None]), "UINT8"), *extra):
             t = self._tc.InferInput(name, list(value.shape), dtype)

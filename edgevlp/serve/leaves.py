@@ -29,7 +29,7 @@ class Leaf:
         bundle_target: ``edgevlp export`` target whose graphs the leaves serve.
         engine: the config's ``backend`` / ``platform`` fields.
         model_file: the file Triton opens (``default_model_filename``), from the bundle's graph.
-        formats: bundle graph formats (:class:`~edgevlp.bundle.GraphSpec` ``format``) it serves.
+        serves: the bundle targets whose graphs it can serve (``bundle_target`` first).
         python: whether the leaf is an edgevlp Python model (onnxruntime inside the Python backend: the
             kind a Python-backend-only tritonserver, such as nvidia-pytriton's, can serve).
         note: what the README says about it.
@@ -39,7 +39,7 @@ class Leaf:
     bundle_target: str
     engine: dict[str, str]
     model_file: Callable[[GraphSpec], str]
-    formats: tuple[str, ...] = ("onnx",)
+    serves: tuple[str, ...] = ("cpu", "jetson", "laptop-gpu")
     python: bool = False
     note: str = ""
 
@@ -56,9 +56,9 @@ def _plan(graph: GraphSpec) -> str:
 LEAVES: dict[str, Leaf] = {leaf.name: leaf for leaf in (
     Leaf("onnxruntime", "cpu", {"backend": "onnxruntime"}, _same_file,
          note="Triton's onnxruntime backend (NVIDIA's tritonserver container)"),
-    Leaf("openvino", "openvino", {"backend": "openvino"}, _same_file, ("openvino", "onnx"),
+    Leaf("openvino", "openvino", {"backend": "openvino"}, _same_file, ("openvino", "cpu"),
          note="Triton's OpenVINO backend (x86 CPUs)"),
-    Leaf("tensorrt", "laptop-gpu", {"platform": "tensorrt_plan"}, _plan,
+    Leaf("tensorrt", "laptop-gpu", {"platform": "tensorrt_plan"}, _plan, ("laptop-gpu", "jetson"),
          note="TensorRT engines: run build_engines.sh on the serving GPU first (it writes each leaf's "
               "model.plan with trtexec from the ONNX beside it)"),
     Leaf("python", "cpu", {"backend": "python"}, _same_file, python=True,

@@ -65,6 +65,17 @@ class ServeSettings:
     batching: bool = True
     prompt_cache: int = 64
 
+    @classmethod
+    def from_profile(cls, serve: dict[str, Any], **overrides: Any) -> "ServeSettings":
+        """Settings from a profile's ``[serve]`` table (recorded in the bundle), then ``overrides``
+        (None values are ignored)."""
+        known = {f for f in cls.__dataclass_fields__}
+        values = {**serve, **{k: v for k, v in overrides.items() if v is not None}}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown serve setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch_size <= 256:
             raise InputError(f"max_batch_size must be in 1..256, got {self.max_batch_size}")
@@ -103,6 +114,7 @@ class _Model:
     name: str
     config: dict[str, Any]
     files: dict[str, Path | str]
+    role: str | None = None  # the bundle graph a leaf serves
 
 
 class _Writer:
@@ -152,16 +164,17 @@ class _Writer:
                              outputs=[_tensor(t) for t in graph.outputs], engine=self.leaf.engine,
                              batch=min(batch_dim_max, 1024), wait=wait, parameters=params,
                              default_model_filename=None if self.leaf.python else self.leaf.model_file(graph))
-        self.models.append(_Model(name, config, files))
+        self.models.append(_Model(name, config, files, role=graph.role))
         return name
 
     def batch_max(self, graph: GraphSpec) -> int:
         """How many rows a leaf takes at once: the profile's range of its first axis (``batch``,
-        ``num_queries``), at least the entry models' batch."""
+        ``num_queries``), at least the entry models' batch; a static first axis is its size."""
         first = graph.inputs[0].shape[0]
+        if isinstance(first, int):  # a static batch (TensorRT profiles with static_batch)
+            return first
         shapes = self.manifest.target_profile.get("shapes", {})
-        top = int(shapes.get(first, [0, 0, 0])[2]) if isinstance(first, str) else int(first)
-        return max(top, self.settings.max_batch_size)
+        return max(int(shapes.get(first, [0, 0, 0])[2]), self.settings.max_batch_size)
 
 
 # ---------------------------------------------------------------------------------------- topologies
@@ -174,10 +187,11 @@ def _captioner(w: _Writer) -> None:
     then the decode loop for the batch in step on the decoder leaf (:mod:`edgevlp.serve.models.captioner`)."""
     graphs = w.manifest.graphs
     leaves = {role: w.leaf_model(g, wait=False, batch_dim_max=w.batch_max(g)) for role, g in graphs.items()}
+    batch = min([w.settings.max_batch_size, *(w.batch_max(g) for g in graphs.values())])
     w.python_model(w.name, "captioner", f"{w.name} captioner (BLS over {', '.join(leaves.values())})",
                    inputs=[_image_input(), _io(MAX_NEW_TOKENS, "int32", [1], optional=True)],
                    outputs=[_io(TEXT, "bytes", [1]), _io(TOKEN_IDS, "int64", [-1])],
-                   batch=w.settings.max_batch_size, wait=True,
+                   batch=batch, wait=True,
                    parameters={"edgevlp_task": "caption", "edgevlp_leaves": leaves})
 
 
@@ -187,7 +201,7 @@ def _detector(w: _Writer) -> None:
     image, text = w.manifest.graphs["image_encoder"], w.manifest.graphs["text_encoder"]
     pixel_values = image.inputs[0]
     embed_dim = _dims(text.outputs[0].shape[1:])
-    b = w.settings.max_batch_size
+    b = min(w.settings.max_batch_size, w.batch_max(image))
     image_leaf = w.leaf_model(image, wait=True, batch_dim_max=w.batch_max(image))
     text_leaf = w.leaf_model(text, wait=False, batch_dim_max=w.batch_max(text))
     pre, prompts, post = (f"{w.name}_{step}" for step in ("preprocess", "prompts", "postprocess"))
@@ -252,13 +266,23 @@ def _readme(repo: dict[str, Any], leaf: Leaf) -> str:
             f"{native}\n`edgevlp-repository.json` lists every file with its sha256 (`edgevlp serve` checks them).\n")
 
 
-def _engine_script(models: list[_Model]) -> str:
-    lines = ["#!/usr/bin/env bash", "# Build each TensorRT leaf's model.plan from the ONNX beside it "
-             "(run on the serving GPU).", "set -euo pipefail", 'cd "$(dirname "$0")"']
+def _engine_script(manifest: Manifest, models: list[_Model]) -> str:
+    """trtexec per TensorRT leaf, with the bundle's own engine commands (its profile's shapes and
+    precision), reading the ONNX beside the leaf and writing its model.plan."""
+    import shlex
+
+    commands = manifest.export.get("tensorrt", {}).get("trtexec", {})
+    lines = ["#!/usr/bin/env bash", "# Build each TensorRT leaf's model.plan from the ONNX beside it, on the "
+             f"serving GPU (profile {manifest.target_profile.get('name', '?')}, precision {manifest.precision}).",
+             "# Usage: bash build_engines.sh [path/to/trtexec]", "set -euo pipefail", 'cd "$(dirname "$0")"',
+             'TRTEXEC="${1:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"']
     for m in models:
-        onnx = next((k for k in m.files if k.endswith(".onnx")), None)
-        if onnx and m.config.get("platform") == "tensorrt_plan":
-            lines.append(f"trtexec --onnx={m.name}/{onnx} --saveEngine={m.name}/1/model.plan --fp16")
+        if m.config.get("platform") != "tensorrt_plan" or m.role is None:
+            continue
+        onnx = next(k for k in m.files if k.endswith(".onnx"))
+        args = [a for a in commands.get(m.role, []) if not a.startswith(("--onnx=", "--saveEngine="))]
+        lines.append('"$TRTEXEC" ' + " ".join(shlex.quote(a) for a in (
+            f"--onnx={m.name}/{onnx}", f"--saveEngine={m.name}/1/model.plan", *args)))
     return "\n".join(lines) + "\n"
 
 
@@ -267,7 +291,8 @@ def write_repository(bundle: str | os.PathLike[str], output: str | os.PathLike[s
                      force: bool = False) -> dict[str, Any]:
     """Write a Triton model repository serving ``bundle`` (verified first); returns its record.
 
-    The repository is built in a temp dir and moved into place (never half written).
+    The repository is built in a temp dir and moved into place (never half written). ``settings``
+    default to the ``[serve]`` table of the profile the bundle was exported with.
 
     Example:
         >>> from edgevlp.serve import write_repository
@@ -275,16 +300,15 @@ def write_repository(bundle: str | os.PathLike[str], output: str | os.PathLike[s
         [{'name': 'owlvit', 'task': 'detect', ...}]
     """
     row = get_leaf(leaf)
-    settings = settings or ServeSettings()
     manifest = read_manifest(bundle, verify=True)
+    settings = settings or ServeSettings.from_profile(manifest.target_profile.get("serve", {}))
     if manifest.task not in TOPOLOGIES:
         raise InputError(f"a {manifest.task} bundle cannot be served through Triton yet (served tasks: "
                          f"{', '.join(TOPOLOGIES)}); run it in process with `edgevlp run`")
-    formats = sorted({g.format for g in manifest.graphs.values()} - set(row.formats))
-    if formats:
-        raise InputError(f"--leaf {leaf} cannot serve {', '.join(formats)} graphs (it reads "
-                         f"{', '.join(row.formats)}); export the model for --target {row.bundle_target} "
-                         "and write the repository from that bundle, or pick another --leaf")
+    if manifest.target not in row.serves:
+        raise InputError(f"--leaf {leaf} serves bundles exported for --target {' or '.join(row.serves)}; "
+                         f"this one is --target {manifest.target}: export the model for "
+                         f"--target {row.bundle_target} (or pass the model itself), or pick another --leaf")
     name = name or manifest.family
     if not _NAME.match(name):
         raise InputError(f"model name {name!r} must start with a letter and hold only letters, digits, "
@@ -312,7 +336,7 @@ def write_repository(bundle: str | os.PathLike[str], output: str | os.PathLike[s
             shutil.copyfile(root_bundle / fname, tmp / writer.bundle_rel / fname)
         if row.name == "tensorrt":
             script = tmp / "build_engines.sh"
-            script.write_text(_engine_script(writer.models), encoding="utf-8")
+            script.write_text(_engine_script(manifest, writer.models), encoding="utf-8")
             script.chmod(0o755)
         entry = writer.models[-1] if manifest.task == "detect" else next(m for m in writer.models if m.name == name)
         record: dict[str, Any] = {

@@ -90,6 +90,7 @@ def _free(host: str, port: int) -> bool:
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no user
         try:
             s.bind((host, port))
         except OSError:
@@ -107,7 +108,7 @@ class TritonServer:
 
     def __init__(self, repository: str | os.PathLike[str] | list[str | os.PathLike[str]], *, host: str = "127.0.0.1", port: int = 8000,
                  install: TritonInstall | None = None, on_log: Callable[[str], None] | None = None,
-                 log_verbose: int = 0) -> None:
+                 log_verbose: int = 0, exit_timeout: int = 10) -> None:
         if not 1 <= port <= 65533:
             raise ServerError(f"port {port} is out of range: HTTP uses PORT, gRPC PORT+1, metrics PORT+2")
         repos = repository if isinstance(repository, (list, tuple)) else [repository]
@@ -116,6 +117,7 @@ class TritonServer:
         self.install = install or find_tritonserver()
         self.on_log = on_log
         self.log_verbose = log_verbose
+        self.exit_timeout = exit_timeout  # seconds a stopping server waits for requests in flight
         self.log: collections.deque[str] = collections.deque(maxlen=400)
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
@@ -164,6 +166,7 @@ class TritonServer:
                f"--grpc-address={self.host}", f"--metrics-address={self.host}", f"--http-port={self.port}",
                f"--grpc-port={self.port + 1}", f"--metrics-port={self.port + 2}", "--allow-metrics=true",
                "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--exit-on-error=true", "--strict-readiness=true",
+               f"--exit-timeout-secs={self.exit_timeout}",
                f"--log-verbose={self.log_verbose}"]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)

@@ -1,0 +1,336 @@
+"""Triton serving: repositories written from tiny bundles, served by a real tritonserver (nvidia-pytriton's,
+from `make serve-env`), answered exactly as the in-process runtime answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevlp.errors import BundleError, InputError, ServerError
+
+BLIP, OWL = "BlipForConditionalGeneration", "OwlViTForObjectDetection"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _skip_or_fail(why: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must serve through a real tritonserver: {why} (make serve-env)")
+    pytest.skip(why)
+
+
+def free_base_port() -> int:
+    """A port P with P, P+1 and P+2 free on 127.0.0.1 (HTTP, gRPC, metrics)."""
+    for _ in range(200):
+        base = random.randint(20000, 45000)
+        ok = True
+        for p in (base, base + 1, base + 2):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+        if ok:
+            return base
+    raise RuntimeError("no free ports")
+
+
+@pytest.fixture(scope="module")
+def install():
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed (pip install 'edgevlp[serve]')")
+    from edgevlp.serve.server import find_tritonserver
+
+    try:
+        return find_tritonserver()
+    except ServerError as err:
+        _skip_or_fail(str(err))
+
+
+@pytest.fixture(scope="module")
+def repos(exported, tmp_path_factory):
+    from edgevlp.serve import write_repository
+
+    root = tmp_path_factory.mktemp("triton")
+    out = {}
+    for task, arch, name in (("caption", BLIP, "blip"), ("detect", OWL, "owl")):
+        write_repository(exported(arch), root / task, leaf="python", name=name)
+        out[task] = root / task
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(install, repos, request):
+    from edgevlp.serve import TritonServer
+
+    srv = TritonServer(list(repos.values()), port=free_base_port(), install=install)
+    srv.start()
+    failed = request.session.testsfailed
+    yield srv
+    srv.stop()
+    if request.session.testsfailed > failed:  # shown with the failing tests' report
+        sys.stderr.write(f"\n--- tritonserver log (last lines) ---\n{srv.log_tail(80)}")
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from edgevlp.serve import Client
+
+    return Client(server.grpc_url)
+
+
+def _metric(server, name: str, model: str) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{model="{model}"'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} for {model} in the metrics")
+
+
+# ------------------------------------------------------------------------------ repository (no server)
+def _graph_io(graph) -> dict[str, tuple[str, list[int]]]:
+    from edgevlp.serve.pbtxt import TRITON_DTYPES
+
+    return {t.name: (TRITON_DTYPES[t.dtype], [d if isinstance(d, int) else -1 for d in t.shape[1:]])
+            for t in (*graph.inputs, *graph.outputs)}
+
+
+@pytest.mark.parametrize("leaf", ["python", "onnxruntime", "openvino", "tensorrt"])
+def test_every_leaf_config_parses_and_names_the_graphs(leaf, exported, tmp_path):
+    pytest.importorskip("tritonclient.grpc")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from edgevlp.bundle import read_manifest
+    from edgevlp.serve import write_repository
+
+    target = {"tensorrt": "jetson"}.get(leaf, "cpu")
+    for arch in (BLIP, OWL):
+        bundle = exported(arch, target)
+        manifest = read_manifest(bundle)
+        record = write_repository(bundle, tmp_path / f"{leaf}-{arch}", leaf=leaf)
+        configs = {}
+        for name in record["models"]:
+            cfg = model_config_pb2.ModelConfig()
+            text_format.Parse((tmp_path / f"{leaf}-{arch}" / name / "config.pbtxt").read_text(), cfg)
+            assert cfg.name == name
+            configs[name] = cfg
+        for role, graph in manifest.graphs.items():
+            cfg = configs[f"{manifest.family}_{role}"]
+            dtype_name = model_config_pb2.DataType.Name
+            served = {t.name: (dtype_name(t.data_type), list(t.dims)) for t in (*cfg.input, *cfg.output)}
+            assert served == _graph_io(graph), (leaf, role)
+            assert cfg.max_batch_size >= 1
+            if leaf == "python":
+                assert cfg.backend == "python"
+            elif leaf == "tensorrt":
+                assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
+            else:
+                assert cfg.backend == leaf and cfg.default_model_filename == graph.file
+            files = {p.name for p in (tmp_path / f"{leaf}-{arch}" / cfg.name / "1").iterdir()}
+            assert graph.file in files and set(graph.extra_files) <= files
+        if leaf == "tensorrt":
+            script = (tmp_path / f"{leaf}-{arch}" / "build_engines.sh").read_text()
+            assert script.count("--saveEngine=") == len(manifest.graphs)
+        entry = configs[record["entries"][0]["name"]]
+        task = {p: v.string_value for p, v in entry.parameters.items()}["edgevlp_task"]
+        assert task == manifest.task
+
+
+def test_repository_refuses_bad_requests_and_is_verified(exported, tmp_path):
+    from edgevlp.serve import read_repository, write_repository
+
+    bundle = exported(OWL)
+    with pytest.raises(InputError, match="--leaf tensorrt serves bundles exported for"):
+        write_repository(bundle, tmp_path / "trt", leaf="tensorrt")
+    with pytest.raises(InputError, match="unknown --leaf"):
+        write_repository(bundle, tmp_path / "x", leaf="tflite")
+    with pytest.raises(InputError, match="must start with a letter"):
+        write_repository(bundle, tmp_path / "x", name="../evil")
+    record = write_repository(bundle, tmp_path / "ok", leaf="python")
+    assert read_repository(tmp_path / "ok")["models"] == record["models"]
+    with pytest.raises(BundleError, match="not empty"):
+        write_repository(bundle, tmp_path / "ok")
+    onnx = tmp_path / "ok" / "owlvit_image_encoder" / "1" / "image_encoder.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        read_repository(tmp_path / "ok")
+    assert not list(tmp_path.glob(".*tmp*")), "a failed write must leave nothing behind"
+
+
+def test_export_cli_writes_a_repository_from_a_bundle(exported, tmp_path):
+    from edgevlp.cli import main
+
+    out = tmp_path / "repo"
+    assert main(["export", str(exported(BLIP)), "--target", "triton", "-o", str(out), "--no-batching",
+                 "--name", "cap"]) == 0
+    config = (out / "cap" / "config.pbtxt").read_text()
+    assert "dynamic_batching" not in config and 'string_value: "caption"' in config
+    assert main(["export", str(exported(BLIP)), "--target", "triton", "-o", str(out), "--precision",
+                 "int8", "--force"]) == 1  # a bundle keeps its precision
+
+
+# ------------------------------------------------------------------------------ a real tritonserver
+def test_served_captions_equal_the_runtime(server, client, exported, photos_bgr):
+    from edgevlp.runtime import load
+
+    local = load(exported(BLIP))
+    frames = [photos_bgr["astronaut"], photos_bgr["coffee"]]
+    mine = [local.caption(f).token_ids for f in frames]
+    assert mine[0] != mine[1], "the tiny captioner must depend on its input for this test to mean anything"
+    assert client.models()["caption"] == "blip"
+    for frame, tokens in zip(frames, mine):
+        got = client.caption(frame)
+        assert got.token_ids == tokens and got.text == local.caption(frame).text
+        assert client.caption(frame, max_new_tokens=3).token_ids == local.caption(frame, max_new_tokens=3).token_ids
+
+
+def test_served_detections_equal_the_runtime(server, client, exported, photos_bgr):
+    from edgevlp.runtime import load
+
+    local = load(exported(OWL))
+    frame = photos_bgr["astronaut"]
+    results = []
+    for prompts in (["a red circle", "a person"], ["a cup", "a rocket", "a blue square"]):
+        local.set_prompts(prompts)
+        want = local.detect(frame, threshold=0.0)
+        got = client.detect(frame, prompts, threshold=0.0)
+        assert len(want) > 0
+        np.testing.assert_array_equal(got.boxes_xyxy, want.boxes_xyxy)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        results.append(want.scores)
+    assert results[0].shape != results[1].shape or not np.array_equal(results[0], results[1])
+    remote = client.detector()  # the runtime Detector's interface
+    remote.set_prompts(["a person"])
+    local.set_prompts(["a person"])
+    np.testing.assert_array_equal(remote.detect(frame, 0.0).scores, local.detect(frame, 0.0).scores)
+
+
+def test_concurrent_clients_are_batched(server, photos_bgr):
+    from edgevlp.serve import Client
+
+    frame = photos_bgr["coffee"]
+    before = (_metric(server, "nv_inference_count", "blip_vision_encoder"),
+              _metric(server, "nv_inference_exec_count", "blip_vision_encoder"))
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            Client(server.grpc_url).caption(frame, max_new_tokens=4)
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    for _ in range(3):
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    count = _metric(server, "nv_inference_count", "blip_vision_encoder") - before[0]
+    execs = _metric(server, "nv_inference_exec_count", "blip_vision_encoder") - before[1]
+    assert count == 24 and execs < count, (count, execs)
+
+
+def test_bad_requests_get_errors_and_the_server_stays_up(server, client, photos_bgr):
+    import tritonclient.grpc as grpcclient
+
+    frame = photos_bgr["coffee"]
+
+    def send(model: str, inputs: list) -> None:
+        with pytest.raises(ServerError):
+            client.infer(model, inputs, ["BOXES"] if model == "owl" else ["TEXT"])
+
+    def tensor(name, value, dtype):
+        t = grpcclient.InferInput(name, list(value.shape), dtype)
+        t.set_data_from_numpy(value)
+        return t
+
+    prompts = lambda items: tensor("PROMPTS", np.array([items], dtype=object), "BYTES")  # noqa: E731
+    threshold = tensor("THRESHOLD", np.array([[0.1]], np.float32), "FP32")
+    image = tensor("IMAGE", frame[None], "UINT8")
+    send("blip", [tensor("IMAGE", frame[None].astype(np.float32), "FP32")])           # wrong dtype
+    send("blip", [tensor("IMAGE", np.zeros((1, 0, 0, 3), np.uint8), "UINT8")])         # empty image
+    with pytest.raises(InputError, match="empty"):  # the client refuses it before Triton's ensemble
+        client.detect(np.zeros((0, 0, 3), np.uint8), ["cup"])                              # would hang on it
+    send("blip", [tensor("IMAGE", np.zeros((1, 9000, 2, 3), np.uint8), "UINT8")])      # too large a side
+    send("owl", [image, prompts([b"x"] * 1000), threshold])                             # 1,000 prompts
+    send("owl", [image, prompts([b"\xff\xfe bad"]), threshold])                         # not UTF-8
+    send("owl", [image, prompts([b"cup"]), tensor("THRESHOLD", np.array([[np.nan]], np.float32), "FP32")])
+    # a 20000 x 20000 image header with 12 bytes behind it, straight to the HTTP endpoint
+    header = json.dumps({"inputs": [{"name": "IMAGE", "shape": [1, 20000, 20000, 3], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": 12}}]}).encode()
+    req = urllib.request.Request(f"{server.http_url}/v2/models/blip/infer", data=header + b"\0" * 12,
+                                 headers={"Inference-Header-Content-Length": str(len(header)),
+                                          "Content-Type": "application/octet-stream"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 400
+    assert server.ready() and server.process.poll() is None
+    assert client.caption(frame).token_ids  # still serving
+    assert len(client.detect(frame, ["cup"], threshold=0.0)) >= 0
+
+
+def test_client_errors_are_clear(server, client):
+    from edgevlp.serve import Client
+    from edgevlp.serve.client import parse_server_url
+
+    with pytest.raises(InputError, match="grpc://HOST:PORT"):
+        parse_server_url("ftp://x:1")
+    with pytest.raises(ServerError, match="is the server running"):
+        Client(f"grpc://127.0.0.1:{free_base_port()}", timeout=2).models()
+    with pytest.raises(InputError, match="BGR uint8"):
+        client.caption(np.zeros((4, 4), np.uint8))
+    with pytest.raises(ServerError, match="serves no vqa model"):
+        client.model_for("vqa")
+
+
+def test_serve_cli_starts_serves_and_stops_on_sigterm(install, repos, photos_bgr, tmp_path):
+    from edgevlp.serve import Client
+
+    port = free_base_port()
+    env = {**os.environ, "EDGEVLP_SERVE_PYTHON": str(install.python or "")}
+    proc = subprocess.Popen([sys.executable, "-m", "edgevlp", "serve", str(repos["caption"]), "--port", str(port),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if line.startswith("serving:") or proc.poll() is not None:
+                break
+        assert lines[-1].startswith("serving:"), "".join(lines) + proc.stderr.read()
+        assert f"grpc://127.0.0.1:{port + 1}" in lines[-1]
+        assert Client(f"grpc://127.0.0.1:{port + 1}").caption(photos_bgr["coffee"]).token_ids
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    for p in (port, port + 1, port + 2):  # everything released
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", p))
+
+
+def test_serve_cli_refuses_a_tampered_repository(repos, tmp_path):
+    import shutil
+
+    from edgevlp.cli import main
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repos["detect"], copy)
+    (copy / "owl" / "1" / "bundle" / "tokenizer.json").write_text("{}")
+    assert main(["serve", str(copy)]) == 1
