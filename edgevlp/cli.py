@@ -335,13 +335,25 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="directory for bench.md, bench.json and pareto.png")
     p.add_argument("--preprocess", action="store_true", help="print the preprocessing comparison "
                                                              "(C++ extension vs HF vs cv2+numpy vs memcpy)")
+    load = p.add_argument_group("load test of a Triton server (edgevlp serve)")
+    load.add_argument("--server", metavar="URL", help="load-test this server (grpc://HOST:8001): N simulated "
+                                                      "cameras, open loop, per --streams")
+    load.add_argument("--streams", default="1,2,4,8,16,32", help="camera counts (default 1,2,4,8,16,32)")
+    load.add_argument("--seconds", type=float, default=10.0, help="seconds per camera count (default 10)")
+    load.add_argument("--detect-fps", type=float, default=5.0, help="detections per camera a second (default 5)")
+    load.add_argument("--caption-every", type=float, default=2.0, help="seconds between a camera's captions "
+                                                                       "(default 2)")
+    load.add_argument("--caption-streams", type=int, default=8, help="cameras that also caption (default 8)")
+    load.add_argument("--metrics", metavar="URL", help="the server's metrics URL (default: gRPC port + 1)")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from edgevlp.errors import InputError
 
+    if args.server:
+        return _load_test(args)
     if not args.targets and not args.preprocess:
-        raise InputError("give models or bundles to benchmark (e.g. demo-blip), or --preprocess")
+        raise InputError("give models or bundles to benchmark (e.g. demo-blip), --preprocess, or --server URL")
     if args.preprocess:
         from edgevlp.bench.preprocess import main as preprocess_bench
 
@@ -361,6 +373,35 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"\n{DEFINITIONS}")
         if args.output:
             print(f"\nwrote {args.output}/bench.md, bench.json and pareto.png")
+    return 0
+
+
+def _load_test(args: argparse.Namespace) -> int:
+    from edgevlp.bench.serve import load_table, load_test, max_streams
+    from edgevlp.errors import InputError
+
+    if args.targets:
+        raise InputError("--server load-tests the models the server holds: give no models with it")
+    try:
+        streams = [int(s) for s in args.streams.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--streams {args.streams!r} must be comma-separated whole numbers, e.g. 1,2,4,8") from None
+    rows = load_test(args.server, streams, seconds=args.seconds, detect_fps=args.detect_fps,
+                     caption_every=args.caption_every or None, caption_streams=args.caption_streams,
+                     metrics_url=args.metrics,
+                     on_row=lambda r: print(f"{r.streams} streams: {r.detect_fps:.1f} detections/s, p99 "
+                                            f"{r.detect_p99:.0f} ms, dropped {r.dropped}", flush=True))
+    print(load_table(rows))
+    print(f"\nmax streams with detection p99 < {1e3 / args.detect_fps:.0f} ms and no frame dropped: "
+          f"{max_streams(rows, args.detect_fps)}")
+    if args.output:
+        import json
+        from pathlib import Path
+
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "load.md").write_text(load_table(rows) + "\n")
+        (out / "load.json").write_text(json.dumps([r.to_dict() for r in rows], indent=1, default=str))
     return 0
 
 
@@ -517,7 +558,8 @@ VERBS: tuple[Verb, ...] = (
          "  edgevlp bench demo-blip demo-owlvit --data shapes:val --output out/bench\n"
          "  edgevlp bench arch:blip-base arch:vit-gpt2 arch:owlvit-b32 --backends onnxruntime  # real size\n"
          "  edgevlp bench bundles/blip-cpu bundles/owl-orin --backends onnxruntime --n 100\n"
-         "  edgevlp bench --preprocess",
+         "  edgevlp bench --preprocess\n"
+         "  edgevlp bench --server grpc://127.0.0.1:8001 --streams 1,4,16 --seconds 5   # a Triton load test",
          _bench_args, _run_bench),
     Verb("eval", "score a model or bundle (BLEU-4/CIDEr, COCO mAP)",
          "  edgevlp eval demo-blip --data shapes:val\n"

@@ -334,3 +334,61 @@ def test_serve_cli_refuses_a_tampered_repository(repos, tmp_path):
     shutil.copytree(repos["detect"], copy)
     (copy / "owl" / "1" / "bundle" / "tokenizer.json").write_text("{}")
     assert main(["serve", str(copy)]) == 1
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, photos_bgr):
+    import cv2
+
+    path = tmp_path_factory.mktemp("clip") / "cam.mp4"
+    frame = cv2.resize(photos_bgr["astronaut"], (160, 120))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 120))
+    for i in range(12):
+        writer.write(np.roll(frame, 4 * i, axis=1))
+    writer.release()
+    return path
+
+
+def test_run_as_a_client_of_several_sources(server, clip, exported, tmp_path):
+    from edgevlp.cli import main
+    from edgevlp.runtime import load
+
+    out = tmp_path / "run"
+    assert main(["run", "--server", server.grpc_url, "--source", str(clip), "--source", str(clip), "--prompts",
+                 "a person, a cup", "--threshold", "0.0", "--headless", "--output", str(out)]) == 0
+    dirs = sorted(p.name for p in out.iterdir())
+    assert dirs == ["0-cam", "1-cam"]
+    detector = load(exported(OWL))
+    detector.set_prompts(["a person", "a cup"])
+    import cv2
+
+    cap = cv2.VideoCapture(str(clip))
+    ok, first = cap.read()
+    want = detector.detect(first, threshold=0.0)
+    for d in dirs:
+        lines = [json.loads(line) for line in (out / d / "log.jsonl").read_text().splitlines()]
+        assert len(lines) == 12 and lines[0]["caption"]
+        assert [x["score"] for x in lines[0]["detections"]] == pytest.approx(want.scores.tolist(), abs=6e-5)  # the log keeps 4 decimals
+        summary = json.loads((out / d / "summary.json").read_text())
+        assert summary["frames"] == 12 and "triton" in summary["models"]["detector"]["backend"]
+    # the app's own validation still holds
+    assert main(["run", str(exported(OWL)), "--server", server.grpc_url, "--source", str(clip)]) == 1
+    assert main(["run", "--server", server.grpc_url, "--source", str(clip), "--source", str(clip),
+                 "--prompts", "cup"]) == 1  # several sources need --headless
+    assert main(["run", str(exported(OWL)), "--source", str(clip), "--source", str(clip), "--prompts", "cup",
+                 "--headless"]) == 1  # several sources need a server
+
+
+def test_bench_server_load_test(server, capsys):
+    from edgevlp.bench.serve import load_test, max_streams
+    from edgevlp.cli import main
+
+    rows = load_test(server.grpc_url, (1, 3), seconds=1.5, caption_streams=1, caption_every=1.0)
+    assert [r.streams for r in rows] == [1, 3]
+    for r in rows:
+        assert r.errors == 0 and r.detect_done + r.dropped == r.detect_offered > 0
+        assert r.caption_done >= 1 and r.batch >= 1.0 and r.compute_ms > 0
+    assert max_streams(rows) in (0, 1, 3)
+    assert main(["bench", "--server", server.grpc_url, "--streams", "2", "--seconds", "1"]) == 0
+    assert "max streams" in capsys.readouterr().out
+    assert main(["bench", "--server", server.grpc_url, "--streams", "two"]) == 1

@@ -132,7 +132,8 @@ class AppConfig:
             prompts = tuple(parse_prompt_text(args.prompts))
             if not prompts:
                 raise InputError(f"--prompts {args.prompts!r} holds no prompt; give e.g. --prompts \"cup, person\"")
-        return cls(source=args.source, prompts=prompts, prompts_file=args.prompts_file,
+        sources = [args.source] if isinstance(args.source, str) else list(args.source)
+        return cls(source=sources[0], prompts=prompts, prompts_file=args.prompts_file,
                    prompts_poll_s=args.prompts_poll, threshold=args.threshold,
                    caption_every=parse_cadence(args.ask_every if getattr(args, "ask_every", None) is not None
                                                else args.caption_every),
@@ -153,12 +154,16 @@ def add_run_arguments(p: argparse.ArgumentParser, *, bundles: bool = True) -> No
     """The camera app's options (``edgevlp run`` and ``apps/camera_*.py``); ``bundles=False`` leaves out
     the positional bundle list for scripts that declare their own."""
     if bundles:
-        p.add_argument("bundles", nargs="+", help="one captioner or VLM (vqa) bundle and/or one detector bundle "
-                                                  "(decided by the manifest's task)")
+        p.add_argument("bundles", nargs="*", help="one captioner or VLM (vqa) bundle and/or one detector bundle "
+                                                  "(decided by the manifest's task); none with --server")
     src = p.add_argument_group("source")
-    src.add_argument("--source", required=True,
+    src.add_argument("--source", required=True, action="append",
                      help="camera index (0), video file, rtsp://... or http://... URL, csi://N[?width=W&"
-                          "height=H&fps=F] (Jetson CSI camera), or a GStreamer pipeline (contains '!')")
+                          "height=H&fps=F] (Jetson CSI camera), or a GStreamer pipeline (contains '!'); "
+                          "repeat it with --server for several cameras in one process")
+    src.add_argument("--server", metavar="URL",
+                     help="run as a Triton client (grpc://HOST:8001): the captioner and/or detector the "
+                          "server holds (`edgevlp serve`), one pipeline per --source, outputs per source")
     src.add_argument("--timeout", type=float, default=10.0, metavar="S",
                      help="seconds allowed for each open and each read of the source (default 10)")
     src.add_argument("--reconnect", type=int, default=5, metavar="N",

@@ -30,10 +30,25 @@ def run_command(args: argparse.Namespace, *, expect_task: str | None = None, pro
     from edgevlp.app.pipeline import load_models, run_app
     from edgevlp.app.sinks import WindowSink
 
-    parse_source(config.source)  # a missing file fails before any model is loaded
+    sources = [args.source] if isinstance(args.source, str) else list(args.source)
+    for source in sources:
+        parse_source(source)  # a missing file fails before any model is loaded
     if not getattr(args, "debug", False):
         _quiet_opencv()
     bundles = list(args.bundles)
+    server = getattr(args, "server", None)
+    if server is not None:
+        if bundles:
+            raise InputError(f"give bundles or --server, not both: with --server {server} the models are the "
+                             "server's")
+        from edgevlp.app.served import run_served
+
+        return run_served(config, server, sources, prog=prog)
+    if len(sources) > 1:
+        raise InputError(f"{len(sources)} --source given: several cameras in one process run against a server "
+                         "(edgevlp serve REPO, then edgevlp run --server grpc://HOST:8001 --source A --source B)")
+    if not bundles:
+        raise InputError("give one captioner and/or one detector bundle, or --server URL")
     if expect_task is not None:
         from edgevlp.bundle import read_manifest
 

@@ -373,8 +373,9 @@ class _Run:
 def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, assistant: Any = None,
             source: VideoSource | None = None,
             window: WindowSink | None = None, report: Callable[[str], None] | None = None,
-            on_event: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the app until the source ends, ``max_frames``, the quit key, Ctrl-C/SIGTERM or a fault.
+            on_event: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Run the app until the source ends, ``max_frames``, the quit key, Ctrl-C/SIGTERM, ``stop`` being
+    set (another thread's Ctrl-C: the run ends as "interrupted") or a fault.
 
     Outputs are flushed and closed and ``summary.json`` written in every case; ``report`` gets the
     summary text. A lost source raises :class:`SourceError` afterwards, Ctrl-C ``KeyboardInterrupt``.
@@ -412,6 +413,8 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, a
                     sink = FileSink(config.output, fps=config.fps_limit or capture.source_fps or 30.0,
                                     force=config.force)
             reason = run.step(frame, capture, sink, window)
+            if stop is not None and stop.is_set():
+                reason = "interrupted"
             if reason:
                 stopped = reason
                 break
@@ -444,8 +447,8 @@ def _model_info(model: Any) -> dict[str, Any] | None:
     if model is None:
         return None
     m = getattr(model, "manifest", None)
-    if m is None:
-        return {"model": type(model).__name__}
+    if m is None:  # e.g. a served model (edgevlp.serve.client.RemoteDetector)
+        return {"model": type(model).__name__, "backend": getattr(model, "backend", None)}
     return {"bundle": str(m.path) if m.path else None, "family": m.family, "target": m.target,
             "precision": m.precision, "backend": getattr(model, "backend", None)}
 

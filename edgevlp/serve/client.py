@@ -44,8 +44,12 @@ def parse_server_url(url: str) -> tuple[str, str]:
 class Client:
     """One connection to a tritonserver serving edgevlp repositories (thread-safe for ``infer``)."""
 
-    def __init__(self, url: str = "grpc://127.0.0.1:8001", *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str = "grpc://127.0.0.1:8001", *, timeout: float = 30.0,
+                 max_in_flight: int | None = None) -> None:
         self.protocol, self.address = parse_server_url(url)
+        #: requests in flight at most (blocking :meth:`infer` calls wait for a slot): the queue that
+        #: several camera pipelines share; None: unbounded
+        self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
         self.url = url
         self.timeout = timeout
         try:
@@ -129,8 +133,14 @@ class Client:
         return [self._tc.InferRequestedOutput(n) for n in names]
 
     def infer(self, model: str, inputs: list[Any], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        result = self._call(f"request to {model}", lambda: self._client.infer(
-            model, inputs, outputs=self._outputs(outputs), **self._timeout()))
+        if self._slots is not None:
+            self._slots.acquire()
+        try:
+            result = self._call(f"request to {model}", lambda: self._client.infer(
+                model, inputs, outputs=self._outputs(outputs), **self._timeout()))
+        finally:
+            if self._slots is not None:
+                self._slots.release()
         return {n: result.as_numpy(n) for n in outputs}
 
     def _timeout(self) -> dict[str, Any]:
