@@ -11,7 +11,8 @@ HEAVY = ("torch", "transformers", "onnx", "optimum", "nncf")
 
 
 @pytest.mark.parametrize("module", ["edgevlp", "edgevlp.runtime", "edgevlp.errors", "edgevlp.spec",
-                                    "edgevlp.cli", "edgevlp.models", "edgevlp.app"])
+                                    "edgevlp.cli", "edgevlp.models", "edgevlp.app",
+                                    "edgevlp.serve", "edgevlp.bench.serve"])
 def test_import_is_lean(module: str) -> None:
     code = (f"import sys, {module}\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")

@@ -20,7 +20,7 @@ import pytest
 
 from edgevlp.errors import BundleError, InputError, ServerError
 
-BLIP, OWL = "BlipForConditionalGeneration", "OwlViTForObjectDetection"
+BLIP, OWL, VLM = "BlipForConditionalGeneration", "OwlViTForObjectDetection", "SmolVLMForConditionalGeneration"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,7 +64,7 @@ def repos(exported, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("triton")
     out = {}
-    for task, arch, name in (("caption", BLIP, "blip"), ("detect", OWL, "owl")):
+    for task, arch, name in (("caption", BLIP, "blip"), ("detect", OWL, "owl"), ("vqa", VLM, "vlm")):
         write_repository(exported(arch), root / task, leaf="python", name=name)
         out[task] = root / task
     return out
@@ -116,7 +116,7 @@ def test_every_leaf_config_parses_and_names_the_graphs(leaf, exported, tmp_path)
     from edgevlp.serve import write_repository
 
     target = {"tensorrt": "jetson"}.get(leaf, "cpu")
-    for arch in (BLIP, OWL):
+    for arch in (BLIP, OWL, VLM):
         bundle = exported(arch, target)
         manifest = read_manifest(bundle)
         record = write_repository(bundle, tmp_path / f"{leaf}-{arch}", leaf=leaf)
@@ -181,6 +181,19 @@ def test_export_cli_writes_a_repository_from_a_bundle(exported, tmp_path):
                  "int8", "--force"]) == 1  # a bundle keeps its precision
 
 
+def test_export_repository_from_a_model(tiny_model_dir, tmp_path):
+    from edgevlp.export.repository import export_repository
+
+    record = export_repository(tiny_model_dir(BLIP), tmp_path / "repo", leaf="onnxruntime", progress=False,
+                               settings={"max_batch_size": 4, "queue_delay_us": 100})
+    assert record["bundle"]["parity"]["greedy_tokens_identical"] and record["leaf"] == "onnxruntime"
+    config = (tmp_path / "repo" / "blip" / "config.pbtxt").read_text()
+    assert "max_batch_size: 4" in config and "max_queue_delay_microseconds: 100" in config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"], "the temp bundle is removed"
+    with pytest.raises(InputError, match="unknown serve setting"):
+        export_repository(tiny_model_dir(BLIP), tmp_path / "x", settings={"turbo": True})
+
+
 # ------------------------------------------------------------------------------ a real tritonserver
 def test_served_captions_equal_the_runtime(server, client, exported, photos_bgr):
     from edgevlp.runtime import load
@@ -216,6 +229,31 @@ def test_served_detections_equal_the_runtime(server, client, exported, photos_bg
     remote.set_prompts(["a person"])
     local.set_prompts(["a person"])
     np.testing.assert_array_equal(remote.detect(frame, 0.0).scores, local.detect(frame, 0.0).scores)
+
+
+def test_served_answers_equal_the_runtime(server, client, exported, photos_bgr):
+    from edgevlp.runtime import load
+
+    local = load(exported(VLM))
+    frames = [photos_bgr["astronaut"], photos_bgr["coffee"]]
+    asked = {}
+    for i, frame in enumerate(frames):
+        for question in ("what is in the image?", "how many cups are there?", None):
+            want = local.ask(frame, question, max_new_tokens=8)
+            got = client.ask(frame, question, max_new_tokens=8)
+            assert got.token_ids == want.token_ids and got.text == want.text
+            asked[i, question] = tuple(want.token_ids)
+    assert len(set(asked.values())) > 1, "the tiny VLM must depend on its input for this test to mean anything"
+    assert client.assistant().ask(frames[0], "what is in the image?", max_new_tokens=8).token_ids == \
+        list(asked[0, "what is in the image?"])
+    import tritonclient.grpc as grpcclient
+
+    image = grpcclient.InferInput("IMAGE", [1, *frames[0].shape], "UINT8")
+    image.set_data_from_numpy(frames[0][None])
+    bad = grpcclient.InferInput("QUESTION", [1, 1], "BYTES")
+    bad.set_data_from_numpy(np.array([[b"\xff\xfe?"]], dtype=object))
+    with pytest.raises(ServerError, match="not valid UTF-8"):
+        client.infer("vlm", [image, bad], ["TEXT"])
 
 
 def test_concurrent_clients_are_batched(server, photos_bgr):
@@ -293,8 +331,8 @@ def test_client_errors_are_clear(server, client):
         Client(f"grpc://127.0.0.1:{free_base_port()}", timeout=2).models()
     with pytest.raises(InputError, match="BGR uint8"):
         client.caption(np.zeros((4, 4), np.uint8))
-    with pytest.raises(ServerError, match="serves no vqa model"):
-        client.model_for("vqa")
+    with pytest.raises(ServerError, match="serves no segment model"):
+        client.model_for("segment")
 
 
 def test_serve_cli_starts_serves_and_stops_on_sigterm(install, repos, photos_bgr, tmp_path):

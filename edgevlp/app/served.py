@@ -3,7 +3,8 @@
 One pipeline per source (its own capture thread, overlay, outputs in ``OUTPUT/<n>-<source name>/``),
 all sending through one :class:`~edgevlp.serve.Client` whose bounded in-flight window is the shared
 inference queue; the server's dynamic batcher batches the sources' frames together. The models are
-the captioner and/or detector the server holds, found in its repository index.
+the captioner (or, when it holds none, the VLM) and/or detector the server holds, found in its
+repository index.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def run_served(config: AppConfig, server: str, sources: Sequence[str], *, prog: 
                          "--output DIR to keep each source's video and log")
     client = Client(server, max_in_flight=max_in_flight)
     served = client.models()
-    if "caption" not in served and "detect" not in served:
-        raise InputError(f"the server at {server} serves no captioner or detector (it serves: "
+    if not {"caption", "detect", "vqa"} & set(served):
+        raise InputError(f"the server at {server} serves no captioner, VLM or detector (it serves: "
                          f"{', '.join(served) or 'nothing edgevlp wrote'})")
     stop = threading.Event()
     results: list[dict[str, Any] | None] = [None] * len(sources)
@@ -60,6 +61,8 @@ def run_served(config: AppConfig, server: str, sources: Sequence[str], *, prog: 
         cfg = dataclasses.replace(config, source=sources[i], output=output)
         try:
             results[i] = run_app(cfg, captioner=client.captioner() if "caption" in served else None,
+                                 assistant=client.assistant() if "vqa" in served and "caption" not in served
+                                 else None,
                                  detector=client.detector() if "detect" in served else None,
                                  on_event=lambda m: event(i, m), stop=stop)
         except BaseException as err:  # noqa: BLE001 - reported after every pipeline stopped

@@ -43,10 +43,12 @@ def export_repository(model: str | os.PathLike[str], output: str | os.PathLike[s
     if out.is_dir() and any(out.iterdir()) and not force:
         raise BundleError(f"output directory {out} is not empty; pass --force to replace it")
     write = import_object(row.writer)
+    from edgevlp.serve.repository import ServeSettings
+
+    ServeSettings.from_profile({}, **(settings or {}))  # a bad setting fails before any export
 
     def wrap(bundle: Path) -> dict[str, Any]:
         from edgevlp.bundle import read_manifest
-        from edgevlp.serve.repository import ServeSettings
 
         manifest = read_manifest(bundle, verify=False)
         chosen = ServeSettings.from_profile(manifest.target_profile.get("serve", {}), **(settings or {}))

@@ -25,11 +25,11 @@ import numpy as np
 
 from edgevlp.errors import DependencyError, InputError, ServerError
 from edgevlp.runtime.base import check_frame
-from edgevlp.runtime.results import Caption, Detections
-from edgevlp.serve.repository import (BOXES, IMAGE, LABELS, MAX_NEW_TOKENS, PROMPTS, SCORES, TEXT, THRESHOLD,
-                                      TOKEN_IDS)
+from edgevlp.runtime.results import Answer, Caption, Detections
+from edgevlp.serve.repository import (BOXES, IMAGE, LABELS, MAX_NEW_TOKENS, PROMPTS, QUESTION, SCORES, TEXT,
+                                      THRESHOLD, TOKEN_IDS)
 
-__all__ = ["Client", "RemoteCaptioner", "RemoteDetector", "parse_server_url"]
+__all__ = ["Client", "RemoteCaptioner", "RemoteDetector", "RemoteAssistant", "parse_server_url"]
 
 
 def parse_server_url(url: str) -> tuple[str, str]:
@@ -194,6 +194,21 @@ class Client:
         out = self.infer(name, self.detect_inputs(frame, prompts, threshold), (BOXES, SCORES, LABELS))
         return detections_result(out, list(prompts), (time.perf_counter() - t0) * 1e3)
 
+    def ask(self, frame: np.ndarray, question: str | None = None, *, max_new_tokens: int | None = None,
+            model: str | None = None) -> Answer:
+        """Ask the server's VLM ``question`` about one BGR frame (None: its default captioning prompt)."""
+        name = self.model_for("vqa", model)
+        extra = [] if max_new_tokens is None else [(MAX_NEW_TOKENS, np.array([[max_new_tokens]], np.int32), "INT32")]
+        if question is not None:
+            extra.append((QUESTION, np.array([[question.encode("utf-8")]], dtype=object), "BYTES"))
+        t0 = time.perf_counter()
+        out = self.infer(name, self._inputs(frame, extra), (TEXT, TOKEN_IDS))
+        c = caption_result(out, (time.perf_counter() - t0) * 1e3)
+        return Answer(text=c.text, token_ids=c.token_ids, timings=c.timings)
+
+    def assistant(self, model: str | None = None) -> "RemoteAssistant":
+        return RemoteAssistant(self, self.model_for("vqa", model))
+
     def captioner(self, model: str | None = None) -> "RemoteCaptioner":
         return RemoteCaptioner(self, self.model_for("caption", model))
 
@@ -250,3 +265,17 @@ class RemoteDetector:
         if not self.prompts:
             raise InputError("no prompts set: call set_prompts([...]) before detect()")
         return self.client.detect(frame, self.prompts, threshold=threshold, model=self.model)
+
+
+class RemoteAssistant:
+    """The served VLM with the runtime Assistant's ``ask(frame, question)``."""
+
+    task = "vqa"
+    manifest = None
+
+    def __init__(self, client: Client, model: str) -> None:
+        self.client, self.model = client, model
+        self.backend = f"triton {model} @ {client.url}"
+
+    def ask(self, frame: np.ndarray, question: str | None = None, max_new_tokens: int | None = None) -> Answer:
+        return self.client.ask(frame, question, max_new_tokens=max_new_tokens, model=self.model)

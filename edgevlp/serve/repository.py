@@ -33,13 +33,14 @@ from edgevlp.serve.pbtxt import TRITON_DTYPES, Enum, pbtxt
 
 __all__ = ["ServeSettings", "write_repository", "read_repository", "REPOSITORY_FILE", "TOPOLOGIES",
            "IMAGE", "MAX_NEW_TOKENS", "TEXT", "TOKEN_IDS", "PROMPTS", "THRESHOLD", "BOXES", "SCORES",
-           "LABELS"]
+           "LABELS", "QUESTION"]
 
 REPOSITORY_FILE = "edgevlp-repository.json"
 FORMAT = "edgevlp-triton-repository"
 FORMAT_VERSION = 1
 #: The entry models' request and response tensors (what :class:`edgevlp.serve.Client` sends).
 IMAGE, MAX_NEW_TOKENS, TEXT, TOKEN_IDS = "IMAGE", "MAX_NEW_TOKENS", "TEXT", "TOKEN_IDS"
+QUESTION = "QUESTION"
 PROMPTS, THRESHOLD, BOXES, SCORES, LABELS = "PROMPTS", "THRESHOLD", "BOXES", "SCORES", "LABELS"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -56,6 +57,7 @@ class ServeSettings:
         kind: ``KIND_CPU`` or ``KIND_GPU`` (leaves only; Python steps always run on the CPU).
         batching: False writes no ``dynamic_batching``: each request runs alone (the load test's baseline).
         prompt_cache: prompt sets whose text embeddings the detector keeps.
+        threads: onnxruntime intra-op threads of each Python leaf (0: one per core).
     """
 
     max_batch_size: int = 8
@@ -64,6 +66,7 @@ class ServeSettings:
     kind: str = "KIND_CPU"
     batching: bool = True
     prompt_cache: int = 64
+    threads: int = 0
 
     @classmethod
     def from_profile(cls, serve: dict[str, Any], **overrides: Any) -> "ServeSettings":
@@ -160,6 +163,7 @@ class _Writer:
                                    f'{__version__}); the code is edgevlp.serve.models.leaf."""\n\n'
                                    "from edgevlp.serve.models.leaf import TritonPythonModel  # noqa: F401\n")
             params["edgevlp_graph"] = json.dumps(graph.to_dict())
+            params["edgevlp_threads"] = str(self.settings.threads)
         config = self.config(name, inputs=[_tensor(t) for t in graph.inputs],
                              outputs=[_tensor(t) for t in graph.outputs], engine=self.leaf.engine,
                              batch=min(batch_dim_max, 1024), wait=wait, parameters=params,
@@ -193,6 +197,22 @@ def _captioner(w: _Writer) -> None:
                    outputs=[_io(TEXT, "bytes", [1]), _io(TOKEN_IDS, "int64", [-1])],
                    batch=batch, wait=True,
                    parameters={"edgevlp_task": "caption", "edgevlp_leaves": leaves})
+
+
+def _assistant(w: _Writer) -> None:
+    """One Python BLS model answering each request's QUESTION (UTF-8; none: the bundle's default
+    prompt) about its IMAGE: tiles through the vision leaf, the prompt through ``embed_tokens``, prefill
+    and KV-cache decode on the decoder leaf (the runtime's :class:`~edgevlp.runtime.Assistant`). The
+    requests of a batch are answered one after another (their prompts differ in length)."""
+    graphs = w.manifest.graphs
+    leaves = {role: w.leaf_model(g, wait=False, batch_dim_max=w.batch_max(g)) for role, g in graphs.items()}
+    w.python_model(w.name, "assistant", f"{w.name} visual question answering (BLS over "
+                   f"{', '.join(leaves.values())})",
+                   inputs=[_image_input(), _io(QUESTION, "bytes", [1], optional=True),
+                           _io(MAX_NEW_TOKENS, "int32", [1], optional=True)],
+                   outputs=[_io(TEXT, "bytes", [1]), _io(TOKEN_IDS, "int64", [-1])],
+                   batch=w.settings.max_batch_size, wait=False,
+                   parameters={"edgevlp_task": "vqa", "edgevlp_leaves": leaves})
 
 
 def _detector(w: _Writer) -> None:
@@ -242,8 +262,9 @@ def _detector(w: _Writer) -> None:
     w.models.append(_Model(w.name, config, {}))
 
 
-#: bundle task -> topology writer. VQA bundles (a VLM's prefill + decode) are not served yet.
-TOPOLOGIES: dict[str, Callable[[_Writer], None]] = {"caption": _captioner, "detect": _detector}
+#: bundle task -> topology writer.
+TOPOLOGIES: dict[str, Callable[[_Writer], None]] = {"caption": _captioner, "detect": _detector,
+                                                     "vqa": _assistant}
 
 
 # ------------------------------------------------------------------------------------------- writing

@@ -47,6 +47,14 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     module = "onnxruntime"
 
+    def __init__(self, device: str | None = None, precision: str | None = None, *, threads: int = 0,
+                 spinning: bool = True) -> None:
+        """``threads``: intra-op threads (0: onnxruntime's default, one per core); ``spinning=False``
+        makes idle threads sleep at once, for processes that share the cores with other sessions (the
+        leaves of a Triton repository)."""
+        super().__init__(device=device, precision=precision)
+        self.threads, self.spinning = int(threads), bool(spinning)
+
     def open(self, root: Path, graph: GraphSpec) -> GraphSession:
         import onnxruntime as ort
 
@@ -67,5 +75,9 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = True
+        options.intra_op_num_threads = self.threads
+        if not self.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session = ort.InferenceSession(str(root / graph.file), sess_options=options, providers=providers)
         return _OrtSession(graph, session)

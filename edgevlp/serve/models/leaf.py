@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgevlp.bundle import GraphSpec
-from edgevlp.runtime.backends import get_backend
+from edgevlp.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgevlp.serve.models._base import error, pb_utils
 
 __all__ = ["TritonPythonModel"]
@@ -27,7 +27,9 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.graph = GraphSpec.from_dict(json.loads(params["edgevlp_graph"]))
         root = Path(args["model_repository"]) / args["model_version"]
-        self.session = get_backend("onnxruntime").open(root, self.graph)
+        # the repository's sessions share the cores: idle threads sleep instead of spinning
+        threads = int(params.get("edgevlp_threads", "0"))
+        self.session = OnnxRuntimeBackend("cpu", threads=threads, spinning=False).open(root, self.graph)
         self.inputs = [t.name for t in self.graph.inputs]
         self.outputs = [t.name for t in self.graph.outputs]
 
