@@ -185,17 +185,25 @@ def hash_files(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def check_files(root: Path, files: Mapping[str, Mapping[str, Any]], *, what: str, listed_in: str,
+                fix: str) -> None:
+    """Check every ``{relative path: {sha256, size}}`` under ``root`` exists with its size and sha256;
+    raise :class:`BundleError` naming the file (``what``: "bundle", "repository"; ``fix``: how to mend)."""
+    for rel, meta in files.items():
+        path = root / rel
+        if not path.is_file():
+            raise BundleError(f"{what} {root} is missing {rel}; {fix}")
+        if path.stat().st_size != meta["size"] or file_digest(path) != meta["sha256"]:
+            raise BundleError(f"{what} file {path} does not match its sha256 in {listed_in} (modified or "
+                              f"corrupted); {fix}")
+
+
 def verify_files(manifest: Manifest) -> None:
     """Check every listed file exists with its recorded size and sha256; raise naming the file."""
     root = manifest.path
     assert root is not None, "verify_files needs a manifest read from disk"
-    for rel, meta in manifest.files.items():
-        path = root / rel
-        if not path.is_file():
-            raise BundleError(f"bundle {root} is missing {rel}; re-export or copy the whole bundle")
-        if path.stat().st_size != meta["size"] or file_digest(path) != meta["sha256"]:
-            raise BundleError(f"bundle file {root / rel} does not match its sha256 in manifest.json "
-                              "(modified or corrupted); re-export or copy the bundle again")
+    check_files(root, manifest.files, what="bundle", listed_in=MANIFEST_FILE,
+                fix="re-export or copy the whole bundle again")
     for graph in manifest.graphs.values():
         for rel in (graph.file, *graph.extra_files):
             if rel not in manifest.files:
@@ -219,16 +227,22 @@ def manifest_schema() -> dict[str, Any]:
     return schema
 
 
+def read_record(path: str | os.PathLike[str], name: str, *, what: str, make: str,
+                fix: str) -> tuple[Path, dict[str, Any]]:
+    """``(root, the JSON object in root/name)`` of a directory described by one JSON file (a bundle's
+    manifest, a serving repository's record); :class:`BundleError` when it is missing or malformed."""
+    root = Path(path)
+    if not root.exists():
+        raise BundleError(f"no such {what}: {root}")
+    if not (root / name).is_file():
+        raise BundleError(f"{root} is not {'an' if what[0] in 'aeiou' else 'a'} {what}: it has no {name} ({make})")
+    return root, read_json_object(root / name, BundleError, fix)
+
+
 def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> Manifest:
     """Read and validate a bundle's manifest; with ``verify`` also check every file's sha256."""
-    root = Path(path)
-    manifest_path = root / MANIFEST_FILE
-    if not root.exists():
-        raise BundleError(f"no such bundle: {root}")
-    if not manifest_path.is_file():
-        raise BundleError(f"{root} is not a bundle: it has no {MANIFEST_FILE} "
-                          "(write one with `edgevlp export`)")
-    data = read_json_object(manifest_path, BundleError, "re-export the bundle")
+    root, data = read_record(path, MANIFEST_FILE, what="bundle", make="write one with `edgevlp export`",
+                             fix="re-export the bundle")
     manifest = Manifest.from_dict(data, path=root)
     if verify:
         verify_files(manifest)

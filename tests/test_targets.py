@@ -37,7 +37,11 @@ def test_the_shipped_table() -> None:
 
 
 def test_cli_choices_come_from_the_table() -> None:
-    assert _export_parser_action("target").choices == list(TARGETS)
+    from edgevlp.serve.leaves import LEAVES
+    from edgevlp.targets import REPOSITORY_TARGETS
+
+    assert _export_parser_action("target").choices == [*TARGETS, *REPOSITORY_TARGETS]
+    assert _export_parser_action("leaf").choices == list(LEAVES)
     assert tuple(_export_parser_action("precision").choices) == PRECISIONS
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from edgevlp import __version__
-from edgevlp.bundle import GraphSpec, Manifest, TensorSpec, atomic_directory, hash_files, read_manifest
+from edgevlp.bundle import (GraphSpec, Manifest, TensorSpec, atomic_directory, check_files, hash_files,
+                            read_manifest, read_record)
 from edgevlp.errors import BundleError, InputError
 from edgevlp.serve.leaves import Leaf, get_leaf
 from edgevlp.serve.pbtxt import TRITON_DTYPES, Enum, pbtxt
@@ -378,24 +379,14 @@ def write_repository(bundle: str | os.PathLike[str], output: str | os.PathLike[s
 def read_repository(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
     """The record of a repository written by :func:`write_repository`; with ``verify`` every listed
     file's sha256 is checked (a model directory added by hand is allowed and not checked)."""
-    from edgevlp._io import read_json_object
-    from edgevlp.bundle import file_digest
-
-    root = Path(path)
+    root, record = read_record(path, REPOSITORY_FILE, what="edgevlp Triton repository",
+                               make="write one with `edgevlp export BUNDLE --target triton -o REPO`",
+                               fix="export the repository again")
     file = root / REPOSITORY_FILE
-    if not root.is_dir():
-        raise BundleError(f"no such model repository: {root}")
-    if not file.is_file():
-        raise BundleError(f"{root} is not an edgevlp Triton repository (no {REPOSITORY_FILE}); write one "
-                          "with `edgevlp export BUNDLE --target triton -o REPO`")
-    record = read_json_object(file, BundleError, "export the repository again")
     if record.get("format") != FORMAT:
         raise BundleError(f"{file} is not an edgevlp Triton repository record (format "
                           f"{record.get('format')!r})")
     if verify:
-        for rel, meta in record.get("files", {}).items():
-            p = root / rel
-            if not p.is_file() or p.stat().st_size != meta["size"] or file_digest(p) != meta["sha256"]:
-                raise BundleError(f"repository file {p} is missing or does not match its sha256 in "
-                                  f"{REPOSITORY_FILE}; export the repository again")
+        check_files(root, record.get("files", {}), what="repository", listed_in=REPOSITORY_FILE,
+                    fix="export the repository again")
     return record
