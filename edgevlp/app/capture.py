@@ -144,8 +144,9 @@ class OpenCVSource:
         >>> src.open(); frame = src.read(); src.release()                 # doctest: +SKIP
     """
 
-    def __init__(self, spec: SourceSpec, timeout_s: float = 10.0) -> None:
+    def __init__(self, spec: SourceSpec, timeout_s: float = 10.0, loop: bool = False) -> None:
         self.spec = spec
+        self.loop = loop  # a file starts over when it ends
         self.name = spec.text if spec.kind != "gstreamer" or spec.text.startswith("csi") else "GStreamer pipeline"
         self.live = spec.live
         self.timeout_s = float(timeout_s)
@@ -172,6 +173,11 @@ class OpenCVSource:
         if self._cap is None:
             return None
         ok, frame = self._cap.read()
+        if not ok and self.loop:
+            import cv2
+
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self._cap.read()
         return frame if ok and frame is not None and frame.size else None
 
     def release(self) -> None:
@@ -197,7 +203,7 @@ _HINTS = {
 }
 
 
-def open_source(text: str, timeout_s: float = 10.0) -> OpenCVSource:
+def open_source(text: str, timeout_s: float = 10.0, loop: bool = False) -> OpenCVSource:
     """The :class:`OpenCVSource` for ``--source`` text, after the checks that need no open: the file
     exists, and OpenCV has GStreamer for pipelines and ``csi://``.
 
@@ -205,6 +211,8 @@ def open_source(text: str, timeout_s: float = 10.0) -> OpenCVSource:
         >>> source = open_source("0", timeout_s=5)     # doctest: +SKIP
     """
     spec = parse_source(text)
+    if loop and spec.kind != "file":
+        raise SourceError(f"--loop replays a video file; {text} is a {spec.kind} source")
     if spec.kind == "gstreamer":
         import cv2
 
@@ -212,7 +220,7 @@ def open_source(text: str, timeout_s: float = 10.0) -> OpenCVSource:
             raise SourceError(f"{text} needs OpenCV built with GStreamer, which this one ({cv2.__version__}) "
                               "is not (pip wheels never are); on a Jetson use JetPack's python3-opencv, e.g. "
                               "a venv made with --system-site-packages and no opencv-python wheel")
-    return OpenCVSource(spec, timeout_s=timeout_s)
+    return OpenCVSource(spec, timeout_s=timeout_s, loop=loop)
 
 
 @dataclass(frozen=True)

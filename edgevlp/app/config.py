@@ -102,6 +102,14 @@ class AppConfig:
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
     queue_size: int = 1
+    #: replay a file source from its start when it ends (serve a clip for as long as needed)
+    loop: bool = False
+    #: ``[HOST:]PORT`` of the web viewer (edgevlp.app.web), None: no web server
+    serve: str | None = None
+    token: str | None = None
+    view_token: str | None = None
+    no_auth: bool = False
+    allow_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not str(self.source).strip():
@@ -121,6 +129,12 @@ class AppConfig:
                 raise InputError(f"{name} must be a whole number >= {low}, got {value!r}")
         if self.ask is not None and not str(self.ask).strip():
             raise InputError('--ask is empty: give a question, e.g. --ask "is anyone at the door?"')
+        if self.serve is not None:
+            from edgevlp.app.web.address import parse_serve_address
+
+            parse_serve_address(self.serve)
+        if self.no_auth and (self.token or self.view_token):
+            raise InputError("--no-auth and --token/--view-token contradict each other: pass one of them")
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
             raise InputError("--prompts must not contain empty prompts, e.g. --prompts \"red circle, person\"")
 
@@ -141,7 +155,10 @@ class AppConfig:
                    ask_file=getattr(args, "ask_file", None),
                    headless=args.headless, output=args.output, force=args.force, max_frames=args.max_frames,
                    fps_limit=args.fps_limit, timeout_s=args.timeout, reconnect=args.reconnect,
-                   backoff_s=args.backoff, backoff_max_s=args.backoff_max, queue_size=args.queue_size)
+                   backoff_s=args.backoff, backoff_max_s=args.backoff_max, queue_size=args.queue_size,
+                   loop=getattr(args, "loop", False), serve=getattr(args, "serve", None),
+                   token=getattr(args, "token", None), view_token=getattr(args, "view_token", None),
+                   no_auth=getattr(args, "no_auth", False), allow_hosts=tuple(getattr(args, "allow_host", None) or ()))
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -175,6 +192,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, bundles: bool = True) -> No
                      help="longest wait between reconnect tries (default 8)")
     src.add_argument("--fps-limit", type=float, metavar="FPS", help="read at most FPS frames a second")
     src.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
+    src.add_argument("--loop", action="store_true", help="replay a file source from its start when it ends")
     src.add_argument("--queue-size", type=int, default=1, metavar="N",
                      help="frames waiting for inference at most; live sources drop the oldest (default 1)")
     mod = p.add_argument_group("models")
@@ -202,3 +220,12 @@ def add_run_arguments(p: argparse.ArgumentParser, *, bundles: bool = True) -> No
     out.add_argument("--output", metavar="DIR",
                      help="write DIR/annotated.mp4, DIR/log.jsonl (one line per frame) and DIR/summary.json")
     out.add_argument("--force", action="store_true", help="overwrite outputs of an earlier run in --output")
+    web = p.add_argument_group("web viewer")
+    web.add_argument("--serve", metavar="[HOST:]PORT",
+                     help="watch and steer the app from a browser at http://HOST:PORT/ (default host 127.0.0.1; "
+                          "any other host needs the printed token)")
+    web.add_argument("--token", help="the control token (default: generated and printed when one is needed)")
+    web.add_argument("--view-token", help="a watch-only token (default: generated with the control token)")
+    web.add_argument("--no-auth", action="store_true", help="no token even off loopback (trusted networks only)")
+    web.add_argument("--allow-host", action="append", metavar="NAME",
+                     help="a Host name the page may be reached by (behind a reverse proxy); repeatable")

@@ -211,6 +211,9 @@ class _Run:
         self.question_changes = 0
         self.processed = 0
         self.prompt_changes = 0
+        self.threshold = config.threshold
+        self.paused = False
+        self.viewer: Any = None  # edgevlp.app.web.server.WebViewer with --serve
         self.last_caption_seq = 0
         self.last_submit = -1e9
         self.fps_ema = 0.0
@@ -274,6 +277,45 @@ class _Run:
         self.on_event(f"prompts now: {', '.join(new)}")
         return {"prompts": (time.perf_counter() - t0) * 1e3}
 
+    def apply_web(self) -> dict[str, float]:
+        """The web viewers' changes since the last frame: prompts, threshold, pause."""
+        changes = self.viewer.take_changes() if self.viewer is not None else {}
+        if not changes:
+            return {}
+        timings: dict[str, float] = {}
+        if "prompts" in changes:
+            t0 = time.perf_counter()
+            try:
+                self.detector.set_prompts(changes["prompts"])
+            except (InputError, AttributeError) as err:
+                self.viewer.applied(error=str(err))
+                self.on_event(f"prompts from the web unchanged: {err}")
+            else:
+                self.prompts = list(changes["prompts"])
+                self.prompt_changes += 1
+                timings["prompts"] = (time.perf_counter() - t0) * 1e3
+                self.viewer.applied(prompts=self.prompts)
+                self.on_event(f"prompts now (web): {', '.join(self.prompts)}")
+        if "threshold" in changes:
+            self.threshold = float(changes["threshold"])
+            self.viewer.applied(threshold=self.threshold)
+        if "paused" in changes:
+            self.paused = bool(changes["paused"])
+            self.viewer.applied(paused=self.paused)
+            self.on_event("paused from the web" if self.paused else "resumed from the web")
+        return timings
+
+    def publish(self, frame: Frame, capture: Capture, detections: Any, caption: Any,
+                timings: Mapping[str, float]) -> None:
+        if self.viewer is None:
+            return
+        results = {"frame": self.processed, "source_frame": frame.index,
+                   "detections": _detections_json(detections) if detections is not None else None,
+                   "caption": caption.text if caption else None}
+        stats = {"fps": round(self.fps_ema, 2), "dropped": capture.dropped, "frames": self.processed,
+                 "timings": {k: round(float(v), 2) for k, v in timings.items()}}
+        self.viewer.publish(frame.image, results, stats)
+
     def caption_for(self, frame: Frame, timings: dict[str, float]) -> Any:
         worker = self.worker
         if worker is None:
@@ -329,15 +371,19 @@ class _Run:
         config, detector = self.config, self.detector
         t_start = time.perf_counter()
         timings = self.check_prompts()
+        timings.update(self.apply_web())
+        if self.paused:
+            return ""
         self.check_question()
         detections = None
         if detector is not None:
             t0 = time.perf_counter()
-            detections = detector.detect(frame.image, threshold=config.threshold)
+            detections = detector.detect(frame.image, threshold=self.threshold)
             timings["detect"] = (time.perf_counter() - t0) * 1e3
             timings.update({f"detect_{k}": float(v) for k, v in detections.timings.items()})
         caption = self.caption_for(frame, timings)
         self.tick(time.perf_counter())
+        self.publish(frame, capture, detections, caption, timings)
         annotated = None
         if sink is not None or window is not None:
             t0 = time.perf_counter()
@@ -398,11 +444,26 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, a
     own_window = window is None and not config.headless
     if own_window:
         window = WindowSink()
-    src = source if source is not None else open_source(config.source, timeout_s=config.timeout_s)
+    src = source if source is not None else open_source(config.source, timeout_s=config.timeout_s,
+                                                        loop=config.loop)
     capture = Capture(src, queue_size=config.queue_size, fps_limit=config.fps_limit, timeout_s=config.timeout_s,
                       backoff=Backoff(config.reconnect, config.backoff_s, config.backoff_max_s), on_event=events)
     if config.output:
         FileSink.check(config.output, force=config.force)  # fail before the source opens
+    if config.serve:
+        from edgevlp.app.web.address import parse_serve_address
+        from edgevlp.app.web.server import WebViewer
+
+        host, port = parse_serve_address(config.serve)
+        run.viewer = WebViewer(host, port, token=config.token, view_token=config.view_token,
+                               no_auth=config.no_auth, allow_hosts=config.allow_hosts, prompts=run.prompts,
+                               threshold=config.threshold, detector=detector is not None).start()
+        shown = f"web viewer: {run.viewer.url}"
+        if run.viewer.view_url:
+            shown += f" (watch only: {run.viewer.view_url})"
+        if run.viewer.no_auth and not run.viewer.loopback:
+            shown += " - no token (--no-auth): anyone who can reach this address can steer the app"
+        events(shown)
     sink: FileSink | None = None
     stopped, error = "end of stream", None
     try:
@@ -429,6 +490,8 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, a
         raise
     finally:
         capture.stop()
+        if run.viewer is not None:
+            run.viewer.stop()
         if run.worker is not None:
             run.worker.stop()
             while run.worker.finished:  # captions that finished after the last frame
@@ -468,6 +531,8 @@ def _summary(config: AppConfig, run: _Run, capture: Capture, stopped: str, error
            if run.asking is not None else {}),
         "prompts": run.prompts if detector is not None else None, "prompt_changes": run.prompt_changes,
         "latency_ms": run.stats.summary(),
+        **({"web": {"url": run.viewer.url.split("?")[0], "frames_encoded": run.viewer.frames_encoded,
+                    "frames_sent": run.viewer.frames_sent}} if run.viewer is not None else {}),
         "outputs": {k: str(v) for k, v in sink.paths.items()} if sink is not None else None,
     }
 

@@ -1,0 +1,324 @@
+"""The camera app's web viewer (edgevlp run --serve): the real aiohttp server beside a running pipeline on
+a tiny detector, driven over HTTP / WebSocket and from Debian's chromium through Playwright."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgevlp.app import AppConfig
+from edgevlp.app.pipeline import run_app
+
+OWL = "OwlViTForObjectDetection"
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PhotoCamera:
+    """A live source of real photos, ~30 fps, until the test ends."""
+
+    name, live = "photo camera", True
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        self.frames, self.i = frames, 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> np.ndarray:
+        time.sleep(1 / 30)
+        self.i += 1
+        return self.frames[(self.i // 15) % len(self.frames)].copy()
+
+    def release(self) -> None:
+        pass
+
+    fps = 30.0
+
+
+class App:
+    """run_app on its own thread with --serve; stopped at teardown."""
+
+    def __init__(self, detector, frames, **serve) -> None:
+        self.port = _free_port()
+        self.detector = detector
+        self.stop = threading.Event()
+        self.events: list[str] = []
+        self.config = AppConfig(source="photo camera", prompts=("a person", "a cup"), threshold=0.0, headless=True,
+                                serve=f"127.0.0.1:{self.port}", **serve)
+        self.summary = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(frames,), daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("web viewer:" in e for e in self.events):
+            assert self.error is None, self.error
+            time.sleep(0.05)
+        self.url = next(e for e in self.events if "web viewer:" in e).split("web viewer: ", 1)[1].split()[0]
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def _run(self, frames) -> None:
+        try:
+            self.summary = run_app(self.config, detector=self.detector, source=PhotoCamera(frames),
+                                   on_event=self.events.append, stop=self.stop)
+        except BaseException as err:  # noqa: BLE001
+            self.error = err
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert self.error is None, self.error
+
+    def state(self, token: str | None = None) -> dict:
+        return json.loads(get(self.base + "/api/state", token=token)[1])
+
+
+def get(url: str, *, token: str | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={**({"X-EdgeVLP-Token": token} if token else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def post(url: str, body: bytes, *, token: str | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", **({"X-EdgeVLP-Token": token} if token else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def wait_for(check, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def frames(photos_bgr):
+    return [cv2.resize(photos_bgr["astronaut"], (320, 240)), cv2.resize(photos_bgr["coffee"], (320, 240))]
+
+
+@pytest.fixture(scope="module")
+def detector(exported):
+    from edgevlp.runtime import load
+
+    return load(exported(OWL))
+
+
+@pytest.fixture
+def app(detector, frames):
+    running = App(detector, frames)
+    yield running
+    running.close()
+
+
+def test_http_api_snapshot_stream_and_prompts(app, frames):
+    state = wait_for(lambda: (s := app.state())["frame"] is not None and s, what="a first frame")
+    assert state["prompts"] == ["a person", "a cup"] and state["detector"] and not state["paused"]
+    status, jpeg = get(app.base + "/snapshot.jpg")
+    assert status == 200
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == frames[0].shape
+    with urllib.request.urlopen(app.base + "/stream.mjpg", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        chunk = r.read(4096)
+    assert chunk.startswith(b"--frame\r\nContent-Type: image/jpeg") and b"\xff\xd8" in chunk
+    status, body = post(app.base + "/api/prompts", json.dumps(["a rocket", "a star"]).encode())
+    assert status == 202 and body["pending_prompts"] == ["a rocket", "a star"]
+    wait_for(lambda: app.detector.prompts == ["a rocket", "a star"], what="the detector's new prompts")
+    assert app.state()["prompts"] == ["a rocket", "a star"] and app.state()["pending_prompts"] is None
+
+
+def test_bad_input_is_refused_and_the_pipeline_goes_on(app):
+    wait_for(lambda: app.state()["frame"] is not None, what="a first frame")
+    url = app.base + "/api/prompts"
+    for body, status, words in ((json.dumps(["x"] * 10_000).encode(), 400, "give 1 to"),
+                                (json.dumps(["y" * 1_000_000]).encode(), 413, "over 65536 bytes"),
+                                (b'["\xff\xfe"]', 400, "not UTF-8"),
+                                (b'["unclosed', 400, "not UTF-8 JSON"),
+                                (b'{"prompts": "cup"}', 400, "JSON list"),
+                                (b'[""]', 400, "non-empty")):
+        got, answer = post(url, body)
+        assert got == status, (body[:40], got, answer)
+        assert words in answer.get("error", words)
+    got, _ = post(url, b'["cup"]', headers={"Content-Type": "text/plain"})
+    assert got == 400
+    before = app.state()["frame"]
+    wait_for(lambda: app.state()["frame"] > before + 3, what="frames after the bad requests")
+    assert app.detector.prompts == ["a person", "a cup"]
+
+
+def test_websocket_credit_flow_threshold_nan_and_a_stalled_viewer(app):
+    import asyncio
+
+    import aiohttp
+
+    async def scenario():
+        async with aiohttp.ClientSession() as session:
+            stalled = await session.ws_connect(app.base.replace("http", "ws") + "/ws")
+            live = await session.ws_connect(app.base.replace("http", "ws") + "/ws")
+            got = {"stalled": 0, "live": 0}
+
+            async def read(ws, name, ack, until):
+                while time.monotonic() < until:
+                    try:
+                        msg = await asyncio.wait_for(ws.receive(), timeout=max(0.05, until - time.monotonic()))
+                    except asyncio.TimeoutError:
+                        break
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(msg.data)
+                        if data["type"] == "frame":
+                            got[name] += 1
+                            last = data
+                        elif data["type"] == "error":
+                            got.setdefault(f"{name}_errors", []).append(data["message"])
+                    elif msg.type == aiohttp.WSMsgType.BINARY and ack:
+                        await ws.send_str(json.dumps({"type": "ack", "seq": last["seq"]}))
+                    elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        break
+
+            until = time.monotonic() + 3.0
+            await live.send_str(json.dumps({"type": "threshold", "value": float("nan")}))
+            await live.send_str("not json")
+            await live.send_str(json.dumps({"type": "source", "value": "/etc/passwd"}))
+            await asyncio.gather(read(stalled, "stalled", False, until), read(live, "live", True, until))
+            await stalled.close()
+            await live.close()
+            return got
+
+    got = asyncio.run(scenario())
+    assert got["stalled"] == 1, "a viewer that never acknowledges gets one frame, not a backlog"
+    assert got["live"] > 10, got
+    errors = got.get("live_errors", [])
+    assert any("threshold must be a number" in e for e in errors)
+    assert any("unknown message type 'source'" in e for e in errors) and len(errors) == 3
+    assert app.state()["threshold"] == 0.0
+
+
+def test_tokens_origin_and_host_checks(detector, frames):
+    app = App(detector, frames, token="s3cret-control", view_token="s3cret-view")
+    try:
+        assert app.url.endswith("?token=s3cret-control")
+        assert get(app.base + "/api/state")[0] == 401
+        assert get(app.base + "/api/state", token="wrong")[0] == 401
+        assert get(app.base + "/", token="wrong")[0] == 401
+        assert get(app.base + "/api/state", token="s3cret-view")[0] == 200
+        assert get(app.base + "/static/app.js")[0] == 200  # assets are public, data is not
+        assert post(app.base + "/api/prompts", b'["cup"]', token="s3cret-view")[0] == 403
+        assert post(app.base + "/api/prompts", b'["cup"]', token="s3cret-control",
+                    headers={"Origin": "http://evil.example"})[0] == 403
+        assert get(app.base + "/api/state", token="s3cret-control", headers={"Host": "evil.example"})[0] == 421
+        assert get(app.base + "/ws?token=s3cret-control", headers={
+            "Origin": "http://evil.example", "Connection": "Upgrade", "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})[0] == 403
+        assert post(app.base + "/api/prompts", b'["a cup"]', token="s3cret-control",
+                    headers={"Origin": app.base})[0] == 202
+        wait_for(lambda: detector.prompts == ["a cup"], what="the control token's change")
+    finally:
+        app.close()
+        detector.set_prompts(["a person", "a cup"])
+
+
+def test_non_loopback_bind_needs_a_token():
+    from edgevlp.app.web.server import WebViewer
+
+    viewer = WebViewer("0.0.0.0", _free_port())
+    assert viewer.token and viewer.view_token and "?token=" in viewer.url
+    assert WebViewer("127.0.0.1", 1).token is None
+    assert WebViewer("0.0.0.0", 1, no_auth=True).token is None
+
+
+def _browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must test the web viewer in a real chromium (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    return sync_api
+
+
+def test_the_page_in_a_real_chromium(app, tmp_path):
+    sync_api = _browser()
+    origin = app.base
+    outside: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            context = browser.new_context(viewport={"width": 1100, "height": 700}, bypass_csp=True)  # test probes only
+            context.on("request", lambda r: None if r.url.startswith((origin, "ws://127.0.0.1")) else outside.append(r.url))
+            one, two = context.new_page(), context.new_page()
+            for page in (one, two):
+                page.goto(app.url)
+            one.wait_for_function("window.edgevlp.framesDrawn > 3 && window.edgevlp.boxesDrawn > 0", timeout=20000)
+            two.wait_for_function("window.edgevlp.framesDrawn > 3", timeout=20000)
+            # a prompt typed in one page changes the detections and shows in the other
+            one.fill("#prompt-input", "a rocket, a star")
+            one.press("#prompt-input", "Enter")
+            two.wait_for_function("JSON.stringify(window.edgevlp.prompts) === '[\"a rocket\",\"a star\"]'", timeout=15000)
+            assert two.inner_text("#chips").count("×") == 2 and "a rocket" in two.inner_text("#chips")
+            wait_for(lambda: app.detector.prompts == ["a rocket", "a star"], what="the detector's new prompts")
+            one.wait_for_function("window.edgevlp.labels.length > 0 && window.edgevlp.labels.every("
+                                  "l => ['a rocket', 'a star'].includes(l))", timeout=15000)
+            one.screenshot(path=str(tmp_path / "web-viewer.png"))
+            # pause stops the frames for every viewer, resume brings them back
+            one.click("#pause")
+            two.wait_for_function("window.edgevlp.paused === true", timeout=10000)
+            time.sleep(0.5)
+            frozen = two.evaluate("window.edgevlp.framesDrawn")
+            time.sleep(1.0)
+            assert two.evaluate("window.edgevlp.framesDrawn") <= frozen + 1
+            two.click("#pause")
+            one.wait_for_function(f"window.edgevlp.paused === false && window.edgevlp.framesDrawn > {frozen + 3}",
+                                  timeout=15000)
+        finally:
+            browser.close()
+    assert not outside, f"requests left the machine: {outside}"
+    shot = os.environ.get("EDGEVLP_SCREENSHOT")
+    if shot:
+        shutil.copyfile(tmp_path / "web-viewer.png", shot)
+
+
+def test_a_wrong_token_is_refused_by_the_page(detector, frames):
+    sync_api = _browser()
+    app = App(detector, frames, token="tok-1")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(bypass_csp=True)
+                assert page.goto(app.base + "/?token=wrong").status == 401
+                assert page.goto(app.base + "/").status == 401
+                assert page.goto(app.url).status == 200
+                page.wait_for_function("window.edgevlp.framesDrawn > 1", timeout=20000)
+                status = page.evaluate("fetch('/api/prompts', {method: 'POST', headers: {'Content-Type': "
+                                       "'application/json'}, body: '[\"cup\"]'}).then(r => r.status)")
+                assert status == 401  # the page's own origin, but no token
+            finally:
+                browser.close()
+    finally:
+        app.close()
