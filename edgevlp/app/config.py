@@ -110,6 +110,8 @@ class AppConfig:
     view_token: str | None = None
     no_auth: bool = False
     allow_hosts: tuple[str, ...] = ()
+    #: ``mqtt://HOST[:PORT][/PREFIX]``: object and caption events, prompts steered from ``PREFIX/prompts/set``
+    mqtt: str | None = None
 
     def __post_init__(self) -> None:
         if not str(self.source).strip():
@@ -130,9 +132,13 @@ class AppConfig:
         if self.ask is not None and not str(self.ask).strip():
             raise InputError('--ask is empty: give a question, e.g. --ask "is anyone at the door?"')
         if self.serve is not None:
-            from edgevlp.app.web.address import parse_serve_address
+            from edgevlp.app.remote import parse_serve_address
 
             parse_serve_address(self.serve)
+        if self.mqtt is not None:
+            from edgevlp.app.mqtt import parse_mqtt_url
+
+            parse_mqtt_url(self.mqtt)
         if self.no_auth and (self.token or self.view_token):
             raise InputError("--no-auth and --token/--view-token contradict each other: pass one of them")
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
@@ -158,7 +164,8 @@ class AppConfig:
                    backoff_s=args.backoff, backoff_max_s=args.backoff_max, queue_size=args.queue_size,
                    loop=getattr(args, "loop", False), serve=getattr(args, "serve", None),
                    token=getattr(args, "token", None), view_token=getattr(args, "view_token", None),
-                   no_auth=getattr(args, "no_auth", False), allow_hosts=tuple(getattr(args, "allow_host", None) or ()))
+                   no_auth=getattr(args, "no_auth", False), allow_hosts=tuple(getattr(args, "allow_host", None) or ()),
+                   mqtt=getattr(args, "mqtt", None))
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -227,5 +234,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, bundles: bool = True) -> No
     web.add_argument("--token", help="the control token (default: generated and printed when one is needed)")
     web.add_argument("--view-token", help="a watch-only token (default: generated with the control token)")
     web.add_argument("--no-auth", action="store_true", help="no token even off loopback (trusted networks only)")
+    web.add_argument("--mqtt", metavar="URL", help="publish object events (new/update/end), caption changes "
+                                                   "and a retained state to mqtt://HOST[:PORT][/PREFIX]; "
+                                                   "PREFIX/prompts/set steers the prompts")
     web.add_argument("--allow-host", action="append", metavar="NAME",
                      help="a Host name the page may be reached by (behind a reverse proxy); repeatable")

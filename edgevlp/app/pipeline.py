@@ -27,6 +27,7 @@ import numpy as np
 
 from edgevlp.app.capture import Backoff, Capture, Frame, FrameSlot, VideoSource, open_source
 from edgevlp.app.config import AppConfig
+from edgevlp.app.events import CaptionEvents, EventTracker
 from edgevlp.app.overlay import render
 from edgevlp.app.prompts import PromptsFile, parse_question_text
 from edgevlp.app.sinks import FileSink, WindowSink
@@ -214,6 +215,10 @@ class _Run:
         self.threshold = config.threshold
         self.paused = False
         self.viewer: Any = None  # edgevlp.app.web.server.WebViewer with --serve
+        self.mqtt: Any = None  # edgevlp.app.mqtt.MqttEvents with --mqtt
+        self.tracker = EventTracker()
+        self.caption_events = CaptionEvents()
+        self.events = 0
         self.last_caption_seq = 0
         self.last_submit = -1e9
         self.fps_ema = 0.0
@@ -277,44 +282,63 @@ class _Run:
         self.on_event(f"prompts now: {', '.join(new)}")
         return {"prompts": (time.perf_counter() - t0) * 1e3}
 
-    def apply_web(self) -> dict[str, float]:
-        """The web viewers' changes since the last frame: prompts, threshold, pause."""
-        changes = self.viewer.take_changes() if self.viewer is not None else {}
-        if not changes:
-            return {}
+    @property
+    def remotes(self) -> list[Any]:
+        """Where changes may come from besides the prompts file: the web viewers, the MQTT broker."""
+        return [r for r in (self.viewer, self.mqtt) if r is not None]
+
+    def apply_remote(self) -> dict[str, float]:
+        """The web viewers' and the broker's changes since the last frame: prompts, threshold, pause;
+        each source is told what became of its change, and every source sees the new state."""
         timings: dict[str, float] = {}
-        if "prompts" in changes:
-            t0 = time.perf_counter()
-            try:
-                self.detector.set_prompts(changes["prompts"])
-            except (InputError, AttributeError) as err:
-                self.viewer.applied(error=str(err))
-                self.on_event(f"prompts from the web unchanged: {err}")
-            else:
-                self.prompts = list(changes["prompts"])
-                self.prompt_changes += 1
-                timings["prompts"] = (time.perf_counter() - t0) * 1e3
-                self.viewer.applied(prompts=self.prompts)
-                self.on_event(f"prompts now (web): {', '.join(self.prompts)}")
-        if "threshold" in changes:
-            self.threshold = float(changes["threshold"])
-            self.viewer.applied(threshold=self.threshold)
-        if "paused" in changes:
-            self.paused = bool(changes["paused"])
-            self.viewer.applied(paused=self.paused)
-            self.on_event("paused from the web" if self.paused else "resumed from the web")
+        for remote in self.remotes:
+            changes = remote.take_changes()
+            if "prompts" in changes:
+                t0 = time.perf_counter()
+                try:
+                    if self.detector is None:
+                        raise InputError("this app runs no detector: there are no prompts to set")
+                    self.detector.set_prompts(changes["prompts"])
+                except InputError as err:
+                    remote.applied(error=str(err))
+                    self.on_event(f"prompts unchanged: {err}")
+                else:
+                    self.prompts = list(changes["prompts"])
+                    self.prompt_changes += 1
+                    timings["prompts"] = (time.perf_counter() - t0) * 1e3
+                    for r in self.remotes:
+                        r.applied(prompts=self.prompts)
+                    self.on_event(f"prompts now: {', '.join(self.prompts)}")
+            if "threshold" in changes:
+                self.threshold = float(changes["threshold"])
+                for r in self.remotes:
+                    r.applied(threshold=self.threshold)
+            if "paused" in changes:
+                self.paused = bool(changes["paused"])
+                for r in self.remotes:
+                    r.applied(paused=self.paused)
+                self.on_event("paused" if self.paused else "resumed")
         return timings
 
-    def publish(self, frame: Frame, capture: Capture, detections: Any, caption: Any,
-                timings: Mapping[str, float]) -> None:
+    def publish(self, frame: Frame, capture: Capture, found: list[dict[str, Any]] | None, caption: Any,
+                timings: Mapping[str, float]) -> list[dict[str, Any]]:
+        """This frame's events (tracked objects, caption changes) to the broker, its frame and results to
+        the web viewers; returns the events (for the log)."""
+        events = self.tracker.update(found, frame=self.processed, t=frame.t) if found is not None else []
+        events += self.caption_events.update(caption.text if caption else None, frame=self.processed, t=frame.t)
+        self.events += len(events)
+        if self.mqtt is not None:
+            self.mqtt.publish(events)
+            self.mqtt.publish_state(fps=round(self.fps_ema, 2), frames=self.processed, prompts=self.prompts,
+                                    threshold=self.threshold)
         if self.viewer is None:
-            return
-        results = {"frame": self.processed, "source_frame": frame.index,
-                   "detections": _detections_json(detections) if detections is not None else None,
+            return events
+        results = {"frame": self.processed, "source_frame": frame.index, "detections": found,
                    "caption": caption.text if caption else None}
         stats = {"fps": round(self.fps_ema, 2), "dropped": capture.dropped, "frames": self.processed,
                  "timings": {k: round(float(v), 2) for k, v in timings.items()}}
         self.viewer.publish(frame.image, results, stats)
+        return events
 
     def caption_for(self, frame: Frame, timings: dict[str, float]) -> Any:
         worker = self.worker
@@ -371,7 +395,7 @@ class _Run:
         config, detector = self.config, self.detector
         t_start = time.perf_counter()
         timings = self.check_prompts()
-        timings.update(self.apply_web())
+        timings.update(self.apply_remote())
         if self.paused:
             return ""
         self.check_question()
@@ -383,7 +407,8 @@ class _Run:
             timings.update({f"detect_{k}": float(v) for k, v in detections.timings.items()})
         caption = self.caption_for(frame, timings)
         self.tick(time.perf_counter())
-        self.publish(frame, capture, detections, caption, timings)
+        found = _detections_json(detections) if detections is not None else None
+        events = self.publish(frame, capture, found, caption, timings)
         annotated = None
         if sink is not None or window is not None:
             t0 = time.perf_counter()
@@ -396,7 +421,7 @@ class _Run:
             record = {"frame": self.processed, "source_frame": frame.index, "timestamp": round(frame.timestamp, 4),
                       "t": round(frame.t, 4), "caption": caption.text if caption else None,
                       "caption_frame": caption.frame if caption else None,
-                      "detections": _detections_json(detections) if detections is not None else None,
+                      "detections": found, "events": events,
                       "timings": {k: round(v, 3) for k, v in timings.items()}}
             t0 = time.perf_counter()
             sink.write(annotated, record)
@@ -451,7 +476,7 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, a
     if config.output:
         FileSink.check(config.output, force=config.force)  # fail before the source opens
     if config.serve:
-        from edgevlp.app.web.address import parse_serve_address
+        from edgevlp.app.remote import parse_serve_address
         from edgevlp.app.web.server import WebViewer
 
         host, port = parse_serve_address(config.serve)
@@ -464,6 +489,11 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, a
         if run.viewer.no_auth and not run.viewer.loopback:
             shown += " - no token (--no-auth): anyone who can reach this address can steer the app"
         events(shown)
+    if config.mqtt:
+        from edgevlp.app.mqtt import MqttEvents
+
+        run.mqtt = MqttEvents(config.mqtt, on_event=events).start()
+        run.mqtt.state.update(prompts=run.prompts, threshold=run.threshold)
     sink: FileSink | None = None
     stopped, error = "end of stream", None
     try:
@@ -492,6 +522,9 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, a
         capture.stop()
         if run.viewer is not None:
             run.viewer.stop()
+        if run.mqtt is not None:
+            run.mqtt.publish(run.tracker.finish(time.perf_counter() - (run.first_start or 0.0)))
+            run.mqtt.stop()
         if run.worker is not None:
             run.worker.stop()
             while run.worker.finished:  # captions that finished after the last frame
@@ -530,6 +563,8 @@ def _summary(config: AppConfig, run: _Run, capture: Capture, stopped: str, error
         **({"question": run.asking.question, "question_changes": run.question_changes}
            if run.asking is not None else {}),
         "prompts": run.prompts if detector is not None else None, "prompt_changes": run.prompt_changes,
+        "events": run.events,
+        **({"mqtt": {"connects": run.mqtt.connects, "published": run.mqtt.published}} if run.mqtt is not None else {}),
         "latency_ms": run.stats.summary(),
         **({"web": {"url": run.viewer.url.split("?")[0], "frames_encoded": run.viewer.frames_encoded,
                     "frames_sent": run.viewer.frames_sent}} if run.viewer is not None else {}),

@@ -23,7 +23,6 @@ import asyncio
 import hmac
 import ipaddress
 import json
-import math
 import secrets
 import threading
 import time
@@ -35,15 +34,12 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from edgevlp.app.web.address import parse_serve_address  # noqa: F401 - re-exported
+from edgevlp.app.remote import MAX_BODY_BYTES, check_prompts, check_threshold
 from edgevlp.errors import InputError, ServerError
 
-__all__ = ["WebViewer", "MAX_PROMPTS", "MAX_PROMPT_CHARS", "MAX_BODY_BYTES"]
+__all__ = ["WebViewer"]
 
 STATIC = Path(__file__).with_name("static")
-MAX_PROMPTS = 64
-MAX_PROMPT_CHARS = 200
-MAX_BODY_BYTES = 64 * 1024
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
@@ -54,30 +50,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _check_prompts(value: Any) -> list[str]:
-    if not isinstance(value, list):
-        raise InputError("prompts must be a JSON list of strings, e.g. [\"person\", \"red cup\"]")
-    if not 1 <= len(value) <= MAX_PROMPTS:
-        raise InputError(f"give 1 to {MAX_PROMPTS} prompts, got {len(value)}")
-    out = []
-    for p in value:
-        if not isinstance(p, str) or not p.strip():
-            raise InputError("each prompt must be a non-empty string")
-        if len(p) > MAX_PROMPT_CHARS:
-            raise InputError(f"a prompt is {len(p)} characters long; at most {MAX_PROMPT_CHARS} are accepted")
-        if any(ord(c) < 32 for c in p):
-            raise InputError("prompts must not contain control characters")
-        out.append(p.strip())
-    return out
-
-
-def _check_threshold(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.0 <= value <= 1.0:
-        raise InputError(f"threshold must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -409,7 +381,7 @@ class WebViewer:
                 value = json.loads(body.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise InputError(f"the body is not UTF-8 JSON: {err}") from None
-            prompts = _check_prompts(value)
+            prompts = check_prompts(value)
             if not self.detector:
                 raise InputError("this app runs no detector: there are no prompts to set")
         except InputError as err:
@@ -471,9 +443,9 @@ class WebViewer:
                     if kind == "prompts":
                         if not self.detector:
                             raise InputError("this app runs no detector: there are no prompts to set")
-                        self._request_change(prompts=_check_prompts(data.get("prompts")))
+                        self._request_change(prompts=check_prompts(data.get("prompts")))
                     elif kind == "threshold":
-                        self._request_change(threshold=_check_threshold(data.get("value")))
+                        self._request_change(threshold=check_threshold(data.get("value")))
                     else:
                         self._request_change(paused=bool(data.get("value")))
                 except (InputError, json.JSONDecodeError, ValueError) as err:

@@ -1,0 +1,56 @@
+"""What remote controls (the web viewer, MQTT) may send, checked in one place (no aiohttp, no paho):
+prompts, a threshold, and the ``--serve`` address. Nothing else is accepted from them: never the
+source, a file path or anything that runs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from edgevlp.errors import InputError
+
+__all__ = ["parse_serve_address", "check_prompts", "check_threshold", "MAX_PROMPTS", "MAX_PROMPT_CHARS",
+           "MAX_BODY_BYTES"]
+
+MAX_PROMPTS = 64
+MAX_PROMPT_CHARS = 200
+MAX_BODY_BYTES = 64 * 1024
+
+
+def parse_serve_address(text: str) -> tuple[str, int]:
+    """``--serve`` text -> (host, port): ``8080``, ``0.0.0.0:8080``, ``[::1]:8080``.
+
+    Example:
+        >>> parse_serve_address("8080"), parse_serve_address("0.0.0.0:9000")
+        (('127.0.0.1', 8080), ('0.0.0.0', 9000))
+    """
+    raw = str(text).strip()
+    host, _, port = raw.rpartition(":") if ":" in raw else ("127.0.0.1", "", raw)
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InputError(f"--serve {text!r} must be PORT or HOST:PORT with a port in 1..65535, e.g. --serve 8080")
+    return host, int(port)
+
+
+def check_prompts(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise InputError("prompts must be a JSON list of strings, e.g. [\"person\", \"red cup\"]")
+    if not 1 <= len(value) <= MAX_PROMPTS:
+        raise InputError(f"give 1 to {MAX_PROMPTS} prompts, got {len(value)}")
+    out = []
+    for p in value:
+        if not isinstance(p, str) or not p.strip():
+            raise InputError("each prompt must be a non-empty string")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise InputError(f"a prompt is {len(p)} characters long; at most {MAX_PROMPT_CHARS} are accepted")
+        if any(ord(c) < 32 for c in p):
+            raise InputError("prompts must not contain control characters")
+        out.append(p.strip())
+    return out
+
+
+def check_threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise InputError(f"threshold must be a number in [0, 1], got {value!r}")
+    return float(value)
