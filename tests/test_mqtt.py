@@ -163,9 +163,10 @@ def test_events_state_and_prompts_over_a_real_broker(broker, detector, frames):
         assert e["after"]["label"] in ("a person", "a cup") and len(e["after"]["box"]) == 4
         state = wait_for(lambda: listen.of("site/cam1/state"), 10, "the state")[-1]
         assert state["online"] is True and state["prompts"] == ["a person", "a cup"]
-        frames_seen = json.loads(get(app.base + "/api/state")[1])["stats"]["frames"]
+        frames_seen = wait_for(lambda: (n := json.loads(get(app.base + "/api/state")[1])["stats"]["frames"]) > 40
+                               and n, 20, "40 frames")
         events_so_far = len(listen.of("site/cam1/events"))
-        assert events_so_far < frames_seen, "events are not one message per frame"
+        assert events_so_far < frames_seen / 2, "events are not one message per frame"
         # prompts/set steers the detector; a bad message is refused, the app goes on
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         pub.connect("127.0.0.1", broker.port)
