@@ -9,10 +9,14 @@ import time
 import urllib.error
 import urllib.request
 
+import cv2
 import numpy as np
+import pytest
 
 from edgevlp.app import AppConfig
 from edgevlp.app.pipeline import run_app
+
+OWL = "OwlViTForObjectDetection"
 
 
 def _free_port() -> int:
@@ -107,3 +111,15 @@ def wait_for(check, timeout: float = 15.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def frames(photos_bgr):
+    return [cv2.resize(photos_bgr["astronaut"], (320, 240)), cv2.resize(photos_bgr["coffee"], (320, 240))]
+
+
+@pytest.fixture(scope="module")
+def detector(exported):
+    from edgevlp.runtime import load
+
+    return load(exported(OWL))

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from _live_app import App, _free_port, get, wait_for
+from _live_app import App, _free_port, detector, frames, get, wait_for  # noqa: F401 - fixtures
 from edgevlp.app.events import CaptionEvents, EventTracker
 from edgevlp.errors import InputError
 
@@ -138,16 +138,6 @@ class Listener:
         self.client.loop_stop()
 
 
-@pytest.fixture(scope="module")
-def frames(photos_bgr):
-    return [cv2.resize(photos_bgr["astronaut"], (320, 240)), cv2.resize(photos_bgr["coffee"], (320, 240))]
-
-
-@pytest.fixture(scope="module")
-def detector(exported):
-    from edgevlp.runtime import load
-
-    return load(exported(OWL))
 
 
 def test_events_state_and_prompts_over_a_real_broker(broker, detector, frames):

@@ -15,23 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
-from _live_app import App, _free_port, get, post, wait_for
+from _live_app import App, _free_port, detector, frames, get, post, wait_for  # noqa: F401 - fixtures
 
 OWL = "OwlViTForObjectDetection"
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
 
 
-@pytest.fixture(scope="module")
-def frames(photos_bgr):
-    return [cv2.resize(photos_bgr["astronaut"], (320, 240)), cv2.resize(photos_bgr["coffee"], (320, 240))]
-
-
-@pytest.fixture(scope="module")
-def detector(exported):
-    from edgevlp.runtime import load
-
-    return load(exported(OWL))
 
 
 @pytest.fixture
