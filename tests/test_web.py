@@ -111,6 +111,9 @@ def test_websocket_credit_flow_threshold_nan_and_a_stalled_viewer(app):
     assert any("threshold must be a number" in e for e in errors)
     assert any("unknown message type 'source'" in e for e in errors) and len(errors) == 3
     assert app.state()["threshold"] == 0.0
+    app.close()
+    web = app.summary["web"]
+    assert web["frames_sent"] > web["frames_encoded"] > 0, "a frame both viewers got is encoded once"
 
 
 def test_tokens_origin_and_host_checks(detector, frames):

@@ -59,6 +59,7 @@ class _Published:
     results: dict[str, Any]
     published: float
     jpeg: bytes | None = None
+    encoding: Any = None  # the one encode of this frame in flight (an asyncio future)
 
 
 @dataclass
@@ -334,10 +335,11 @@ class WebViewer:
                 ok, buf = cv2.imencode(".jpg", latest.image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
                 return buf.tobytes() if ok else b""
 
-            data = await asyncio.get_running_loop().run_in_executor(None, encode)
-            if latest.jpeg is None:  # encoded once per frame, shared by every viewer
-                latest.jpeg = data
+            if latest.encoding is None:  # encoded once per frame, shared by every viewer
+                latest.encoding = asyncio.get_running_loop().run_in_executor(None, encode)
                 self.frames_encoded += 1
+            data = await latest.encoding
+            latest.jpeg = data
         return latest, latest.jpeg
 
     async def _snapshot(self, request: Any) -> Any:
