@@ -50,12 +50,13 @@ class PhotoCamera:
 class App:
     """run_app on its own thread with --serve; stopped at teardown."""
 
-    def __init__(self, detector, frames, **serve) -> None:
+    def __init__(self, detector, frames, *, assistant=None, **serve) -> None:
         self.port = _free_port()
-        self.detector = detector
+        self.detector, self.assistant = detector, assistant
         self.stop = threading.Event()
         self.events: list[str] = []
-        self.config = AppConfig(source="photo camera", prompts=("a person", "a cup"), threshold=0.0, headless=True,
+        prompts = ("a person", "a cup") if detector is not None else ()
+        self.config = AppConfig(source="photo camera", prompts=prompts, threshold=0.0, headless=True,
                                 serve=f"127.0.0.1:{self.port}", **serve)
         self.summary = None
         self.error: BaseException | None = None
@@ -70,7 +71,8 @@ class App:
 
     def _run(self, frames) -> None:
         try:
-            self.summary = run_app(self.config, detector=self.detector, source=PhotoCamera(frames),
+            self.summary = run_app(self.config, detector=self.detector, assistant=self.assistant,
+                                   source=PhotoCamera(frames),
                                    on_event=self.events.append, stop=self.stop)
         except BaseException as err:  # noqa: BLE001
             self.error = err

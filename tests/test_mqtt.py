@@ -140,11 +140,11 @@ class Listener:
 
 
 
-def test_events_state_and_prompts_over_a_real_broker(broker, detector, frames):
+def test_events_state_and_prompts_over_a_real_broker(broker, detector, frames, tmp_path):
     import paho.mqtt.client as mqtt
 
     listen = Listener(broker.port, "site/cam1")
-    app = App(detector, frames, mqtt=f"mqtt://127.0.0.1:{broker.port}/site/cam1")
+    app = App(detector, frames, mqtt=f"mqtt://127.0.0.1:{broker.port}/site/cam1", output=str(tmp_path / "run"))
     try:
         new = wait_for(lambda: [e for e in listen.of("site/cam1/events") if e["type"] == "new"], 20, "a new event")
         e = new[0]
@@ -178,6 +178,12 @@ def test_events_state_and_prompts_over_a_real_broker(broker, detector, frames):
         listen.close()
         detector.set_prompts(["a person", "a cup"])
     assert app.summary["mqtt"]["connects"] == 1 and app.summary["events"] > 0
+    logged = [e for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+              for e in json.loads(line)["events"]]
+    assert len(logged) == app.summary["events"]  # the same events in the JSONL log
+    # (the objects still tracked when the run ends get their "end" on the broker only: no frame follows)
+    sent = {(e["type"], e["after"]["id"]) for e in listen.of("site/cam1/events") if e["type"] != "end"}
+    assert sent and sent <= {(e["type"], e["after"]["id"]) for e in logged}
 
 
 def test_broker_killed_and_restarted_mid_run(broker, detector, frames):

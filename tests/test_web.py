@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edgevlp.app.config import parse_cadence
 from _live_app import App, _free_port, detector, frames, get, post, wait_for  # noqa: F401 - fixtures
 
 OWL = "OwlViTForObjectDetection"
@@ -218,3 +219,30 @@ def test_a_wrong_token_is_refused_by_the_page(detector, frames):
                 browser.close()
     finally:
         app.close()
+
+
+def test_the_question_box_drives_a_vlm(exported, frames):
+    sync_api = _browser()
+    from edgevlp.runtime import load
+
+    app = App(None, frames, assistant=load(exported("SmolVLMForConditionalGeneration")), ask="what is this?",
+              caption_every=parse_cadence("0.2"))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(bypass_csp=True)
+                page.goto(app.url)
+                page.wait_for_function("window.edgevlp.framesDrawn > 2 && window.edgevlp.question === 'what is this?'",
+                                       timeout=20000)
+                assert page.is_visible("#question-input") and not page.is_visible("#prompt-input")
+                page.fill("#question-input", "how many cups are there?")
+                page.press("#question-input", "Enter")
+                page.wait_for_function("window.edgevlp.question === 'how many cups are there?'", timeout=10000)
+                page.wait_for_function("document.getElementById('caption').textContent.length > 0", timeout=20000)
+            finally:
+                browser.close()
+        assert app.state()["question"] == "how many cups are there?"
+    finally:
+        app.close()
+    assert app.summary["question"] == "how many cups are there?" and app.summary["question_changes"] == 1

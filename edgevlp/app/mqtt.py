@@ -146,7 +146,9 @@ class MqttEvents:
         return changes
 
     def applied(self, *, prompts: list[str] | None = None, error: str | None = None,
-                threshold: float | None = None, paused: bool | None = None) -> None:
+                threshold: float | None = None, paused: bool | None = None, question: str | None = None) -> None:
+        if question is not None:
+            self.state["question"] = question
         if prompts is not None:
             self.state["prompts"] = list(prompts)
         if threshold is not None:

@@ -309,6 +309,12 @@ class _Run:
                     for r in self.remotes:
                         r.applied(prompts=self.prompts)
                     self.on_event(f"prompts now: {', '.join(self.prompts)}")
+            if "question" in changes and self.asking is not None:
+                self.asking.question = changes["question"]
+                self.question_changes += 1
+                for r in self.remotes:
+                    r.applied(question=self.asking.question)
+                self.on_event(f"question now: {self.asking.question}")
             if "threshold" in changes:
                 self.threshold = float(changes["threshold"])
                 for r in self.remotes:
@@ -482,7 +488,9 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, a
         host, port = parse_serve_address(config.serve)
         run.viewer = WebViewer(host, port, token=config.token, view_token=config.view_token,
                                no_auth=config.no_auth, allow_hosts=config.allow_hosts, prompts=run.prompts,
-                               threshold=config.threshold, detector=detector is not None).start()
+                               threshold=config.threshold, detector=detector is not None,
+                               assistant=run.asking is not None,
+                               question=run.asking.question if run.asking is not None else None).start()
         shown = f"web viewer: {run.viewer.url}"
         if run.viewer.view_url:
             shown += f" (watch only: {run.viewer.view_url})"

@@ -9,12 +9,13 @@ from typing import Any
 
 from edgevlp.errors import InputError
 
-__all__ = ["parse_serve_address", "check_prompts", "check_threshold", "MAX_PROMPTS", "MAX_PROMPT_CHARS",
-           "MAX_BODY_BYTES"]
+__all__ = ["parse_serve_address", "check_prompts", "check_threshold", "check_question", "MAX_PROMPTS",
+           "MAX_PROMPT_CHARS", "MAX_QUESTION_CHARS", "MAX_BODY_BYTES"]
 
 MAX_PROMPTS = 64
 MAX_PROMPT_CHARS = 200
 MAX_BODY_BYTES = 64 * 1024
+MAX_QUESTION_CHARS = 500
 
 
 def parse_serve_address(text: str) -> tuple[str, int]:
@@ -54,3 +55,14 @@ def check_threshold(value: Any) -> float:
             or not 0.0 <= value <= 1.0:
         raise InputError(f"threshold must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def check_question(value: Any) -> str:
+    """A question for the app's VLM: non-empty text of at most :data:`MAX_QUESTION_CHARS` characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError("the question must be non-empty text, e.g. \"is anyone at the door?\"")
+    if len(value) > MAX_QUESTION_CHARS:
+        raise InputError(f"the question is {len(value)} characters long; at most {MAX_QUESTION_CHARS} are accepted")
+    if any(ord(c) < 32 for c in value):
+        raise InputError("the question must not contain control characters")
+    return value.strip()

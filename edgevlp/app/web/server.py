@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from edgevlp.app.remote import MAX_BODY_BYTES, check_prompts, check_threshold
+from edgevlp.app.remote import MAX_BODY_BYTES, check_prompts, check_question, check_threshold
 from edgevlp.errors import InputError, ServerError
 
 __all__ = ["WebViewer"]
@@ -68,6 +68,7 @@ class _State:
     pending_prompts: list[str] | None = None
     threshold: float = 0.1
     paused: bool = False
+    question: str | None = None
     caption: str | None = None
     last_error: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
@@ -86,7 +87,7 @@ class WebViewer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None,
                  view_token: str | None = None, no_auth: bool = False, allow_hosts: Sequence[str] = (),
                  jpeg_quality: int = 80, prompts: Sequence[str] = (), threshold: float = 0.1,
-                 detector: bool = True) -> None:
+                 detector: bool = True, assistant: bool = False, question: str | None = None) -> None:
         if not 1 <= int(jpeg_quality) <= 100:
             raise InputError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
         self.host, self.port = host, int(port)
@@ -100,8 +101,8 @@ class WebViewer:
         self.token, self.view_token, self.no_auth = token, view_token, no_auth
         self.allow_hosts = {h.lower() for h in allow_hosts}
         self.jpeg_quality = int(jpeg_quality)
-        self.detector = detector
-        self.state = _State(prompts=list(prompts), threshold=float(threshold))
+        self.detector, self.assistant = detector, assistant
+        self.state = _State(prompts=list(prompts), threshold=float(threshold), question=question)
         self._latest: _Published | None = None
         self._lock = threading.Lock()
         self._changes: dict[str, Any] = {}
@@ -210,9 +211,11 @@ class WebViewer:
         return changes
 
     def applied(self, *, prompts: list[str] | None = None, error: str | None = None,
-                threshold: float | None = None, paused: bool | None = None) -> None:
+                threshold: float | None = None, paused: bool | None = None, question: str | None = None) -> None:
         """What the pipeline did with :meth:`take_changes`; every viewer sees the new state."""
         with self._lock:
+            if question is not None:
+                self.state.question = question
             if prompts is not None:
                 self.state.prompts = list(prompts)
             if error is not None or prompts is not None:
@@ -305,7 +308,7 @@ class WebViewer:
         with self._lock:
             s = self.state
             return {"prompts": list(s.prompts), "pending_prompts": s.pending_prompts, "threshold": s.threshold,
-                    "paused": s.paused, "caption": s.caption, "last_error": s.last_error, "stats": dict(s.stats),
+                    "paused": s.paused, "question": s.question, "assistant": self.assistant, "caption": s.caption, "last_error": s.last_error, "stats": dict(s.stats),
                     "viewers": len(self._sockets), "detector": self.detector,
                     "frame": self._latest.seq if self._latest is not None else None}
 
@@ -438,7 +441,7 @@ class WebViewer:
                     if kind == "ack":
                         credit.set()
                         continue
-                    if kind not in ("prompts", "threshold", "pause"):
+                    if kind not in ("prompts", "threshold", "pause", "question"):
                         raise InputError(f"unknown message type {kind!r}")
                     if not control:
                         raise InputError("this is a view-only token: changes need the control token")
@@ -446,6 +449,10 @@ class WebViewer:
                         if not self.detector:
                             raise InputError("this app runs no detector: there are no prompts to set")
                         self._request_change(prompts=check_prompts(data.get("prompts")))
+                    elif kind == "question":
+                        if not self.assistant:
+                            raise InputError("this app runs no VLM (vqa bundle): there is no question to set")
+                        self._request_change(question=check_question(data.get("text")))
                     elif kind == "threshold":
                         self._request_change(threshold=check_threshold(data.get("value")))
                     else:

@@ -58,6 +58,9 @@ function draw(bitmap, m) {
 function showState(s) {
   view.prompts = s.prompts || []; view.viewers = s.viewers; view.pending = s.pending_prompts; view.paused = !!s.paused;
   $("prompts-panel").style.display = s.detector ? "" : "none";
+  $("question-panel").style.display = s.assistant ? "" : "none";
+  view.question = s.question;
+  $("question").textContent = s.question ? "asking: " + s.question : "";
   const chips = $("chips"); chips.innerHTML = "";
   view.prompts.forEach((p) => {
     const chip = document.createElement("span"); chip.className = "chip"; chip.textContent = p;
@@ -96,6 +99,11 @@ $("prompt-input").addEventListener("keydown", (e) => {
   const added = e.target.value.split(",").map((p) => p.trim()).filter((p) => p);
   if (!added.length) return;
   send({ type: "prompts", prompts: added });  // the typed set replaces the prompts, as --prompts does
+  e.target.value = "";
+});
+$("question-input").addEventListener("keydown", (e) => {
+  if (e.key !== "Enter" || !e.target.value.trim()) return;
+  send({ type: "question", text: e.target.value.trim() });
   e.target.value = "";
 });
 $("threshold").addEventListener("change", (e) => send({ type: "threshold", value: Number(e.target.value) }));
