@@ -552,7 +552,9 @@ VERBS: tuple[Verb, ...] = (
     Verb("run", "run the camera app on bundles (captioning or questions, and/or detection)",
          "  edgevlp run bundles/blip-cpu bundles/owl-cpu --source 0 --prompts \"person, cup\"\n"
          "  edgevlp run bundles/owl-cpu --source clip.mp4 --headless --output out/run\n"
-         "  edgevlp run bundles/smolvlm-cpu --source 0 --ask \"is anyone at the door?\" --ask-every 2",
+         "  edgevlp run bundles/smolvlm-cpu --source 0 --ask \"is anyone at the door?\" --ask-every 2\n"
+         "  edgevlp run bundles/owl-cpu --source 0 --prompts person --headless --serve 8080 --mqtt mqtt://127.0.0.1/cam1\n"
+         "  edgevlp run --server grpc://127.0.0.1:8001 --source a.mp4 --source b.mp4 --prompts cup --headless",
          _run_args, _run_run),
     Verb("bench", "measure accuracy x latency per backend and precision",
          "  edgevlp bench demo-blip demo-owlvit --data shapes:val --output out/bench\n"
