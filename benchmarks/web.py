@@ -3,6 +3,8 @@
 One run, the demo detector on a looped clip (`--fps-limit 0`: as fast as it goes), each mode for
 `--seconds`:
 
+Each mode runs twice, interleaved (A B C C B A), and its faster run counts: the shared machine drifts.
+
 1. headless: `edgevlp run` with no viewer (the baseline FPS);
 2. three viewers: `--serve`, three WebSocket viewers in another process, each drawing nothing but
    acknowledging every frame (as the page does after drawing it); the frame age per viewer is the
@@ -100,8 +102,9 @@ def run_mode(bundle: str, clip: str, seconds: float, viewers: int, stalled: bool
 
     def clients() -> None:
         time.sleep(2.0)  # the app is up and warm
-        q: mp.Queue = mp.Queue()
-        proc = mp.get_context("spawn").Process(target=_viewers, args=(f"ws://127.0.0.1:{port}/ws", viewers,
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        proc = ctx.Process(target=_viewers, args=(f"ws://127.0.0.1:{port}/ws", viewers,
                                                                        stalled, seconds, q))
         proc.start()
         ages.extend(q.get(timeout=seconds + 60))
@@ -136,17 +139,21 @@ def main(argv: list[str] | None = None) -> int:
             export_model("demo-owlvit", bundle, target="cpu", progress=False)
         clip = str(Path(tmp) / "clip.mp4")
         write_clip(clip)
-        rows = {}
-        for name, viewers, stalled in (("headless", 0, False), ("3 viewers", 3, False),
-                                       ("3 viewers + 1 stalled", 3, True)):
-            rows[name] = run_mode(bundle, clip, args.seconds, viewers, stalled)
-            print(name, rows[name], flush=True)
+        rows: dict[str, dict] = {}
+        # each mode twice, interleaved, the machine's drift spread over all of them; the better run counts
+        modes = (("headless", 0, False), ("3 viewers", 3, False), ("3 viewers + 1 stalled", 3, True))
+        for name, viewers, stalled in (*modes, *reversed(modes)):
+            r = run_mode(bundle, clip, args.seconds, viewers, stalled)
+            print(name, r, flush=True)
+            if name not in rows or r["fps"] > rows[name]["fps"]:
+                rows[name] = r
     base = rows["headless"]["fps"]
     three, stall = rows["3 viewers"], rows["3 viewers + 1 stalled"]
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
     lines = [f"web viewer cost on {cpu} ({os.cpu_count()} CPUs), demo-owlvit on 24 shape scenes (640x480, looped, "
-             f"unthrottled), {args.seconds:.0f} s per mode, viewers in another process on loopback", "",
+             f"unthrottled), {args.seconds:.0f} s per run, each mode run twice (ABC CBA, the faster run shown), "
+             "viewers in another process on loopback at the default --serve-fps 30", "",
              "| mode | FPS | vs headless | frame age p50 ms | p95 ms | frames per viewer |", "|---|---|---|---|---|---|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['fps']:.1f} | {r['fps'] / base:.2f}x | {r['age_p50']:.0f} | {r['age_p95']:.0f} | "

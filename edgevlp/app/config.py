@@ -110,6 +110,8 @@ class AppConfig:
     view_token: str | None = None
     no_auth: bool = False
     allow_hosts: tuple[str, ...] = ()
+    #: frames a second each web viewer gets at most
+    serve_fps: float = 30.0
     #: ``mqtt://HOST[:PORT][/PREFIX]``: object and caption events, prompts steered from ``PREFIX/prompts/set``
     mqtt: str | None = None
 
@@ -139,6 +141,8 @@ class AppConfig:
             from edgevlp.app.mqtt import parse_mqtt_url
 
             parse_mqtt_url(self.mqtt)
+        if not 0 < self.serve_fps <= 240:
+            raise InputError(f"--serve-fps must be in (0, 240], got {self.serve_fps}")
         if self.no_auth and (self.token or self.view_token):
             raise InputError("--no-auth and --token/--view-token contradict each other: pass one of them")
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
@@ -165,7 +169,7 @@ class AppConfig:
                    loop=getattr(args, "loop", False), serve=getattr(args, "serve", None),
                    token=getattr(args, "token", None), view_token=getattr(args, "view_token", None),
                    no_auth=getattr(args, "no_auth", False), allow_hosts=tuple(getattr(args, "allow_host", None) or ()),
-                   mqtt=getattr(args, "mqtt", None))
+                   mqtt=getattr(args, "mqtt", None), serve_fps=getattr(args, "serve_fps", 30.0))
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -231,6 +235,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, bundles: bool = True) -> No
     web.add_argument("--serve", metavar="[HOST:]PORT",
                      help="watch and steer the app from a browser at http://HOST:PORT/ (default host 127.0.0.1; "
                           "any other host needs the printed token)")
+    web.add_argument("--serve-fps", type=float, default=30.0, metavar="FPS",
+                     help="frames a second each viewer gets at most (default 30; JPEG encoding follows it)")
     web.add_argument("--token", help="the control token (default: generated and printed when one is needed)")
     web.add_argument("--view-token", help="a watch-only token (default: generated with the control token)")
     web.add_argument("--no-auth", action="store_true", help="no token even off loopback (trusted networks only)")

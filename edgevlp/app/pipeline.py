@@ -490,7 +490,8 @@ def run_app(config: AppConfig, *, captioner: Any = None, detector: Any = None, a
                                no_auth=config.no_auth, allow_hosts=config.allow_hosts, prompts=run.prompts,
                                threshold=config.threshold, detector=detector is not None,
                                assistant=run.asking is not None,
-                               question=run.asking.question if run.asking is not None else None).start()
+                               question=run.asking.question if run.asking is not None else None,
+                               max_fps=config.serve_fps).start()
         shown = f"web viewer: {run.viewer.url}"
         if run.viewer.view_url:
             shown += f" (watch only: {run.viewer.view_url})"

@@ -87,9 +87,15 @@ class WebViewer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None,
                  view_token: str | None = None, no_auth: bool = False, allow_hosts: Sequence[str] = (),
                  jpeg_quality: int = 80, prompts: Sequence[str] = (), threshold: float = 0.1,
-                 detector: bool = True, assistant: bool = False, question: str | None = None) -> None:
+                 detector: bool = True, assistant: bool = False, question: str | None = None,
+                 max_fps: float = 30.0) -> None:
         if not 1 <= int(jpeg_quality) <= 100:
             raise InputError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
+        if not 0 < float(max_fps) <= 240:
+            raise InputError(f"the viewers' frame rate must be in (0, 240], got {max_fps}")
+        #: frames a second a viewer gets at most (a pipeline at 200 FPS is watched at this rate; the
+        #: JPEG encoding, the viewers' only cost to the pipeline, follows it)
+        self.max_fps = float(max_fps)
         self.host, self.port = host, int(port)
         self.loopback = _is_loopback(host)
         if no_auth:
@@ -116,6 +122,7 @@ class WebViewer:
         self._sockets: set[Any] = set()
         self.frames_encoded = 0
         self.frames_sent = 0
+        self._frame_waiters = 0  # viewers waiting for a newer frame: publish wakes the loop only for them
 
     # ------------------------------------------------------------------------------ life cycle
     @property
@@ -201,7 +208,9 @@ class WebViewer:
             self.state.stats = stats
             if results.get("caption") is not None:
                 self.state.caption = results["caption"]
-        self._notify(frame=True)
+            wake = self._frame_waiters > 0
+        if wake:  # at 200 FPS most frames find every viewer busy: no wake-up, no GIL hand-over
+            self._notify(frame=True)
 
     def take_changes(self) -> dict[str, Any]:
         """Changes the viewers asked for since the last call (``prompts``, ``threshold``, ``paused``);
@@ -326,6 +335,22 @@ class WebViewer:
         kind = "application/javascript" if name.endswith(".js") else "text/css"
         return web.Response(body=files[name].read_bytes(), content_type=kind)
 
+    async def _next_frame(self, last: int) -> None:
+        """Wait until the pipeline publishes a frame newer than ``last`` (at most a second)."""
+        assert self._frame_event is not None
+        event = self._frame_event
+        with self._lock:
+            self._frame_waiters += 1
+            newer = self._latest is not None and self._latest.seq != last
+        try:
+            if not newer:
+                await asyncio.wait_for(event.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._frame_waiters -= 1
+
     async def _jpeg(self) -> tuple[_Published, bytes] | None:
         with self._lock:
             latest = self._latest
@@ -355,15 +380,17 @@ class WebViewer:
         resp = web.StreamResponse(headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame",
                                            "Cache-Control": "no-store"})
         await resp.prepare(request)
-        last = -1
+        last, sent_at = -1, 0.0
         try:
             while True:
+                wait = sent_at + 1.0 / self.max_fps - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 got = await self._jpeg()
                 if got is None or got[0].seq == last:
-                    assert self._frame_event is not None
-                    await self._frame_event.wait()
+                    await self._next_frame(last)
                     continue
-                last = got[0].seq
+                last, sent_at = got[0].seq, time.monotonic()
                 await resp.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                  + str(len(got[1])).encode() + b"\r\n\r\n" + got[1] + b"\r\n")
         except (ConnectionResetError, asyncio.CancelledError):
@@ -404,16 +431,18 @@ class WebViewer:
         control = request["role"] == "control"
 
         async def send_frames() -> None:
-            last = -1
+            last, sent_at = -1, 0.0
             while not ws.closed:
                 await credit.wait()
+                wait = sent_at + 1.0 / self.max_fps - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 got = await self._jpeg()
                 if got is None or got[0].seq == last:
-                    assert self._frame_event is not None
-                    await self._frame_event.wait()
+                    await self._next_frame(last)
                     continue
                 pub, data = got
-                last = pub.seq
+                last, sent_at = pub.seq, time.monotonic()
                 credit.clear()
                 await ws.send_str(json.dumps({"type": "frame", "seq": pub.seq, "results": pub.results,
                                               "stats": self.state_json()["stats"],
