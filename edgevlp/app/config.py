@@ -138,7 +138,7 @@ class AppConfig:
 
             parse_serve_address(self.serve)
         if self.mqtt is not None:
-            from edgevlp.app.mqtt import parse_mqtt_url
+            from edgevlp.app.remote import parse_mqtt_url
 
             parse_mqtt_url(self.mqtt)
         if not 0 < self.serve_fps <= 240:

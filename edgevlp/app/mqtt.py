@@ -22,31 +22,11 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
+from edgevlp.app.remote import parse_mqtt_url
 from edgevlp.errors import DependencyError, InputError
 
 __all__ = ["MqttEvents", "parse_mqtt_url", "parse_prompt_payload"]
-
-
-def parse_mqtt_url(url: str) -> tuple[str, int, str]:
-    """``mqtt://HOST[:PORT][/PREFIX]`` -> (host, port, prefix).
-
-    Example:
-        >>> parse_mqtt_url("mqtt://10.0.0.2/garage"), parse_mqtt_url("mqtt://broker:1884")
-        (('10.0.0.2', 1883, 'garage'), ('broker', 1884, 'edgevlp'))
-    """
-    parsed = urlparse(url)
-    if parsed.scheme != "mqtt" or not parsed.hostname:
-        raise InputError(f"--mqtt {url!r} must look like mqtt://HOST[:PORT][/PREFIX], e.g. mqtt://127.0.0.1:1883/cam1")
-    prefix = parsed.path.strip("/") or "edgevlp"
-    if "#" in url or "+" in prefix or len(prefix) > 200:
-        raise InputError(f"the MQTT topic prefix {prefix!r} must not hold '#' or '+' (at most 200 characters)")
-    try:
-        port = parsed.port or 1883
-    except ValueError:
-        raise InputError(f"--mqtt {url!r} has an invalid port") from None
-    return parsed.hostname, port, prefix
 
 
 def parse_prompt_payload(payload: bytes) -> list[str]:

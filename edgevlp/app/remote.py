@@ -1,16 +1,17 @@
 """What remote controls (the web viewer, MQTT) may send, checked in one place (no aiohttp, no paho):
-prompts, a threshold, and the ``--serve`` address. Nothing else is accepted from them: never the
+prompts, a threshold, a question, and the ``--serve`` / ``--mqtt`` addresses. Nothing else is accepted from them: never the
 source, a file path or anything that runs."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+from urllib.parse import urlparse
 
 from edgevlp.errors import InputError
 
-__all__ = ["parse_serve_address", "check_prompts", "check_threshold", "check_question", "MAX_PROMPTS",
-           "MAX_PROMPT_CHARS", "MAX_QUESTION_CHARS", "MAX_BODY_BYTES"]
+__all__ = ["parse_serve_address", "parse_mqtt_url", "check_prompts", "check_threshold", "check_question",
+           "MAX_PROMPTS", "MAX_PROMPT_CHARS", "MAX_QUESTION_CHARS", "MAX_BODY_BYTES"]
 
 MAX_PROMPTS = 64
 MAX_PROMPT_CHARS = 200
@@ -31,6 +32,26 @@ def parse_serve_address(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise InputError(f"--serve {text!r} must be PORT or HOST:PORT with a port in 1..65535, e.g. --serve 8080")
     return host, int(port)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, str]:
+    """``mqtt://HOST[:PORT][/PREFIX]`` -> (host, port, prefix).
+
+    Example:
+        >>> parse_mqtt_url("mqtt://10.0.0.2/garage"), parse_mqtt_url("mqtt://broker:1884")
+        (('10.0.0.2', 1883, 'garage'), ('broker', 1884, 'edgevlp'))
+    """
+    parsed = urlparse(url)
+    if parsed.scheme != "mqtt" or not parsed.hostname:
+        raise InputError(f"--mqtt {url!r} must look like mqtt://HOST[:PORT][/PREFIX], e.g. mqtt://127.0.0.1:1883/cam1")
+    prefix = parsed.path.strip("/") or "edgevlp"
+    if "#" in url or "+" in prefix or len(prefix) > 200:
+        raise InputError(f"the MQTT topic prefix {prefix!r} must not hold '#' or '+' (at most 200 characters)")
+    try:
+        port = parsed.port or 1883
+    except ValueError:
+        raise InputError(f"--mqtt {url!r} has an invalid port") from None
+    return parsed.hostname, port, prefix
 
 
 def check_prompts(value: Any) -> list[str]:

@@ -335,6 +335,18 @@ class WebViewer:
         kind = "application/javascript" if name.endswith(".js") else "text/css"
         return web.Response(body=files[name].read_bytes(), content_type=kind)
 
+    async def _frame_after(self, last: int, sent_at: float) -> tuple[_Published, bytes]:
+        """The newest frame (and its JPEG) once it is newer than ``last`` and ``1 / max_fps`` s have
+        passed since ``sent_at``: what a viewer gets next."""
+        wait = sent_at + 1.0 / self.max_fps - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        while True:
+            got = await self._jpeg()
+            if got is not None and got[0].seq != last:
+                return got
+            await self._next_frame(last)
+
     async def _next_frame(self, last: int) -> None:
         """Wait until the pipeline publishes a frame newer than ``last`` (at most a second)."""
         assert self._frame_event is not None
@@ -383,13 +395,7 @@ class WebViewer:
         last, sent_at = -1, 0.0
         try:
             while True:
-                wait = sent_at + 1.0 / self.max_fps - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                got = await self._jpeg()
-                if got is None or got[0].seq == last:
-                    await self._next_frame(last)
-                    continue
+                got = await self._frame_after(last, sent_at)
                 last, sent_at = got[0].seq, time.monotonic()
                 await resp.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                  + str(len(got[1])).encode() + b"\r\n\r\n" + got[1] + b"\r\n")
@@ -434,14 +440,7 @@ class WebViewer:
             last, sent_at = -1, 0.0
             while not ws.closed:
                 await credit.wait()
-                wait = sent_at + 1.0 / self.max_fps - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                got = await self._jpeg()
-                if got is None or got[0].seq == last:
-                    await self._next_frame(last)
-                    continue
-                pub, data = got
+                pub, data = await self._frame_after(last, sent_at)
                 last, sent_at = pub.seq, time.monotonic()
                 credit.clear()
                 await ws.send_str(json.dumps({"type": "frame", "seq": pub.seq, "results": pub.results,
