@@ -272,15 +272,29 @@ class _Run:
             new = self.watcher.poll(force=force)
             if new is None:
                 return {}
-            t0 = time.perf_counter()
-            self.detector.set_prompts(new)
+            return {"prompts": self.use_prompts(new)}
         except InputError as err:
             self.on_event(f"prompts unchanged: {err}")
             return {}
-        self.prompts = new
+
+    def use_prompts(self, new: list[str]) -> float:
+        """Give the detector ``new`` prompts (an invalid set raises :class:`InputError`, nothing changed);
+        every remote control sees them. Returns the milliseconds the text encoder took."""
+        if self.detector is None:
+            raise InputError("this app runs no detector: there are no prompts to set")
+        t0 = time.perf_counter()
+        self.detector.set_prompts(new)
+        ms = (time.perf_counter() - t0) * 1e3
+        self.prompts = list(new)
         self.prompt_changes += 1
-        self.on_event(f"prompts now: {', '.join(new)}")
-        return {"prompts": (time.perf_counter() - t0) * 1e3}
+        self.tell_remotes(prompts=self.prompts)
+        self.on_event(f"prompts now: {', '.join(self.prompts)}")
+        return ms
+
+    def tell_remotes(self, **state: Any) -> None:
+        """The new state, to every web viewer and the broker."""
+        for r in self.remotes:
+            r.applied(**state)
 
     @property
     def remotes(self) -> list[Any]:
@@ -294,35 +308,22 @@ class _Run:
         for remote in self.remotes:
             changes = remote.take_changes()
             if "prompts" in changes:
-                t0 = time.perf_counter()
                 try:
-                    if self.detector is None:
-                        raise InputError("this app runs no detector: there are no prompts to set")
-                    self.detector.set_prompts(changes["prompts"])
+                    timings["prompts"] = self.use_prompts(changes["prompts"])
                 except InputError as err:
                     remote.applied(error=str(err))
                     self.on_event(f"prompts unchanged: {err}")
-                else:
-                    self.prompts = list(changes["prompts"])
-                    self.prompt_changes += 1
-                    timings["prompts"] = (time.perf_counter() - t0) * 1e3
-                    for r in self.remotes:
-                        r.applied(prompts=self.prompts)
-                    self.on_event(f"prompts now: {', '.join(self.prompts)}")
             if "question" in changes and self.asking is not None:
                 self.asking.question = changes["question"]
                 self.question_changes += 1
-                for r in self.remotes:
-                    r.applied(question=self.asking.question)
+                self.tell_remotes(question=self.asking.question)
                 self.on_event(f"question now: {self.asking.question}")
             if "threshold" in changes:
                 self.threshold = float(changes["threshold"])
-                for r in self.remotes:
-                    r.applied(threshold=self.threshold)
+                self.tell_remotes(threshold=self.threshold)
             if "paused" in changes:
                 self.paused = bool(changes["paused"])
-                for r in self.remotes:
-                    r.applied(paused=self.paused)
+                self.tell_remotes(paused=self.paused)
                 self.on_event("paused" if self.paused else "resumed")
         return timings
 
