@@ -3,7 +3,8 @@
 One run, the demo detector on a looped clip (`--fps-limit 0`: as fast as it goes), each mode for
 `--seconds`:
 
-Each mode runs twice, interleaved (A B C C B A), and its faster run counts: the shared machine drifts.
+Each mode runs `--repeats` times (default 2), interleaved (A B C C B A ...), and its fastest run counts:
+the shared machine drifts.
 
 1. headless: `edgevlp run` with no viewer (the baseline FPS);
 2. three viewers: `--serve`, three WebSocket viewers in another process, each drawing nothing but
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", help="detector bundle (default: demo-owlvit exported for cpu)")
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--repeats", type=int, default=2, help="runs per mode, interleaved (default 2)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="edgevlp-web-bench-") as tmp:
         bundle = args.bundle
@@ -140,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         clip = str(Path(tmp) / "clip.mp4")
         write_clip(clip)
         rows: dict[str, dict] = {}
-        # each mode twice, interleaved, the machine's drift spread over all of them; the better run counts
+        # each mode --repeats times, interleaved, the machine's drift spread over all of them; the best run counts
         modes = (("headless", 0, False), ("3 viewers", 3, False), ("3 viewers + 1 stalled", 3, True))
-        for name, viewers, stalled in (*modes, *reversed(modes)):
+        order = [m for i in range(max(1, args.repeats)) for m in (modes if i % 2 == 0 else modes[::-1])]
+        for name, viewers, stalled in order:
             r = run_mode(bundle, clip, args.seconds, viewers, stalled)
             print(name, r, flush=True)
             if name not in rows or r["fps"] > rows[name]["fps"]:
@@ -152,12 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
     lines = [f"web viewer cost on {cpu} ({os.cpu_count()} CPUs), demo-owlvit on 24 shape scenes (640x480, looped, "
-             f"unthrottled), {args.seconds:.0f} s per run, each mode run twice (ABC CBA, the faster run shown), "
+             f"unthrottled), {args.seconds:.0f} s per run, each mode run {args.repeats} times (ABC CBA ..., the fastest "
+             "run shown), "
              "viewers in another process on loopback at the default --serve-fps 30", "",
-             "| mode | FPS | vs headless | frame age p50 ms | p95 ms | frames per viewer |", "|---|---|---|---|---|---|"]
+             "| mode | FPS | vs headless | frame age p50 ms | p95 ms | frames per viewer | JPEGs encoded | sent |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
+        web = r["web"] or {}
         lines.append(f"| {name} | {r['fps']:.1f} | {r['fps'] / base:.2f}x | {r['age_p50']:.0f} | {r['age_p95']:.0f} | "
-                     f"{r['frames_per_viewer'] or '-'} |")
+                     f"{r['frames_per_viewer'] or '-'} | {web.get('frames_encoded', '-')} | {web.get('frames_sent', '-')} |")
     lines += ["", f"three viewers cost {100 * (1 - three['fps'] / base):.1f} % of the headless FPS (target <= 10 %); "
               f"frame age p95 {three['age_p95']:.0f} ms (target <= 150); a stalled viewer changes the FPS by "
               f"{100 * abs(stall['fps'] / three['fps'] - 1):.1f} % and the others' age p95 by "

@@ -99,7 +99,12 @@ def test_decoder_step_holds_no_cross_attention_projection(layout_bundles, arch, 
         assert not holds(bundle / "text_decoder.onnx", weight), "the step graph recomputes cross K/V"
     step_inputs = [i.name for i in onnx.load(str(bundle / "text_decoder.onnx")).graph.input]
     assert "encoder_hidden_states" not in step_inputs
-    assert sum(n.startswith("cross_attention.") for n in step_inputs) == 2 * adapter.kv_layout()[0]
+    made = {o.name for o in onnx.load(str(bundle / "cross_kv.onnx")).graph.output}
+    assert sum(n.startswith("cross_attention.") for n in made) == 2 * adapter.kv_layout()[0]
+    # every per-image input of the step comes from cross_kv (its keys/values, or what the step did to
+    # them, moved there by edgevlp.export.hoist)
+    context = [n for n in step_inputs if n != "input_ids" and not n.startswith("past_")]
+    assert context and set(context) <= made, sorted(set(context) - made)
     # ... and the cross_kv graph gives what the decoder itself computes from the encoder states
     with torch.no_grad():
         kv = adapter.cross_attention_kv(enc)

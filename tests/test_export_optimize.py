@@ -204,7 +204,8 @@ def test_cpu_writer_notes(raw_decoder, tmp_path) -> None:
     ctx = _context(src, graph, tmp_path / "int8", "int8")
     write(ctx)
     notes = ctx.notes["graph_optimization"]
-    assert notes == {"untied_weights": {"text_decoder": 1}} and "quantization" in ctx.notes
+    assert notes["untied_weights"] == {"text_decoder": 1} and "quantization" in ctx.notes
+    assert set(notes["text_decoder"]["quantised"]) == {"scales_folded", "gelu_fused"}  # GPT-2: tanh GELU
     assert ctx.notes["external_weights"] == {"text_decoder": "text_decoder.onnx.data"}
     assert ctx.graphs[0].extra_files == ("text_decoder.onnx.data",)
     again = optimize_graphs(ctx, family)["text_decoder"]

@@ -25,6 +25,32 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") i
 
 
 
+async def _read_viewer(ws, got: dict, name: str, ack: bool, until: float) -> None:
+    """Read a viewer's WebSocket until ``until``: count its frames in ``got[name]`` (and its errors),
+    acknowledging each JPEG as the page does after drawing it when ``ack``."""
+    import asyncio
+
+    import aiohttp
+
+    last = None
+    while time.monotonic() < until:
+        try:
+            msg = await asyncio.wait_for(ws.receive(), timeout=max(0.05, until - time.monotonic()))
+        except asyncio.TimeoutError:
+            break
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            data = json.loads(msg.data)
+            if data["type"] == "frame":
+                got[name] = got.get(name, 0) + 1
+                last = data
+            elif data["type"] == "error":
+                got.setdefault(f"{name}_errors", []).append(data["message"])
+        elif msg.type == aiohttp.WSMsgType.BINARY and ack:
+            await ws.send_str(json.dumps({"type": "ack", "seq": last["seq"]}))
+        elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+            break
+
+
 @pytest.fixture
 def app(detector, frames):
     running = App(detector, frames)
@@ -78,29 +104,12 @@ def test_websocket_credit_flow_threshold_nan_and_a_stalled_viewer(app):
             live = await session.ws_connect(app.base.replace("http", "ws") + "/ws")
             got = {"stalled": 0, "live": 0}
 
-            async def read(ws, name, ack, until):
-                while time.monotonic() < until:
-                    try:
-                        msg = await asyncio.wait_for(ws.receive(), timeout=max(0.05, until - time.monotonic()))
-                    except asyncio.TimeoutError:
-                        break
-                    if msg.type == aiohttp.WSMsgType.TEXT:
-                        data = json.loads(msg.data)
-                        if data["type"] == "frame":
-                            got[name] += 1
-                            last = data
-                        elif data["type"] == "error":
-                            got.setdefault(f"{name}_errors", []).append(data["message"])
-                    elif msg.type == aiohttp.WSMsgType.BINARY and ack:
-                        await ws.send_str(json.dumps({"type": "ack", "seq": last["seq"]}))
-                    elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        break
-
             until = time.monotonic() + 3.0
             await live.send_str(json.dumps({"type": "threshold", "value": float("nan")}))
             await live.send_str("not json")
             await live.send_str(json.dumps({"type": "source", "value": "/etc/passwd"}))
-            await asyncio.gather(read(stalled, "stalled", False, until), read(live, "live", True, until))
+            await asyncio.gather(_read_viewer(stalled, got, "stalled", False, until),
+                                 _read_viewer(live, got, "live", True, until))
             await stalled.close()
             await live.close()
             return got
@@ -115,6 +124,36 @@ def test_websocket_credit_flow_threshold_nan_and_a_stalled_viewer(app):
     app.close()
     web = app.summary["web"]
     assert web["frames_sent"] > web["frames_encoded"] > 0, "a frame both viewers got is encoded once"
+
+
+def test_viewers_share_the_frames_they_are_served(detector, frames):
+    """Three viewers on their own phases, a pipeline faster than their 10 fps: they are served the same
+    frames, so the JPEGs encoded follow the viewers' rate, not one per viewer per frame."""
+    import asyncio
+
+    import aiohttp
+
+    app = App(detector, frames, serve_fps=10.0)
+    wait_for(lambda: (s := app.state())["stats"].get("fps", 0) > 20 and s, what="a pipeline over 20 FPS")
+
+    async def scenario():
+        got: dict = {}
+        async with aiohttp.ClientSession() as session:
+            viewers = []
+            for _ in range(3):
+                viewers.append(await session.ws_connect(app.base.replace("http", "ws") + "/ws"))
+                await asyncio.sleep(0.037)  # different phases
+            until = time.monotonic() + 3.0
+            await asyncio.gather(*(_read_viewer(ws, got, f"v{i}", True, until) for i, ws in enumerate(viewers)))
+            for ws in viewers:
+                await ws.close()
+        return got
+
+    got = asyncio.run(scenario())
+    app.close()
+    web = app.summary["web"]
+    assert all(got.get(f"v{i}", 0) >= 15 for i in range(3)), got
+    assert web["frames_encoded"] <= 0.5 * web["frames_sent"], (web, got)
 
 
 def test_tokens_origin_and_host_checks(detector, frames):

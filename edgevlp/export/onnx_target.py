@@ -1,13 +1,17 @@
 """``--target cpu``: ONNX graphs for onnxruntime; graphs that stay FP32 get onnxruntime's transformer
 fusions, INT8 is onnxruntime dynamic quantisation (after untying transposed weights); every graph's weights are
-stored beside it (``X.onnx.data``), tied ones once; see
-:mod:`edgevlp.export.optimize` for what each pays."""
+stored beside it (``X.onnx.data``), tied ones once; the decoder step's per-image work moves into the
+graph that makes its context (:mod:`edgevlp.export.hoist`); INT8 graphs get the rewrites of
+:mod:`edgevlp.export.qdq_passes`; see :mod:`edgevlp.export.optimize` for
+what each pays."""
 
 from __future__ import annotations
 
 from edgevlp.errors import InputError
 from edgevlp.export.context import ExportContext
+from edgevlp.export.hoist import hoist_graphs
 from edgevlp.export.optimize import externalize_graphs, optimize_graphs, untie_graphs
+from edgevlp.export.qdq_passes import optimize_quantised_graphs
 
 __all__ = ["write"]
 
@@ -33,4 +37,6 @@ def write(ctx: ExportContext) -> None:
         }
     else:  # FP32 graphs (and the FP32 graphs of an `edgevlp compress` output; its QDQ graphs are skipped)
         optimize_graphs(ctx, ctx.family)
+    optimize_quantised_graphs(ctx)  # INT8 graphs: attention scales into the dequantisation, one-op GELU
+    hoist_graphs(ctx)
     externalize_graphs(ctx)

@@ -2,7 +2,8 @@
 viewer with credit flow control, MJPEG and snapshot endpoints for VLC / OBS / Home Assistant, and a
 small JSON API for scripts.
 
-Transport. Each frame is JPEG-encoded once, by the first viewer that needs it, and shared by all. A
+Transport. Each frame is JPEG-encoded once, by the first viewer that needs it, and shared by all;
+viewers share a ``max_fps`` clock, so they are served the same frames and the encodes follow that rate. A
 WebSocket viewer gets a frame (a JSON ``frame`` message with the frame's results, then the JPEG as a
 binary message) only after it acknowledged the previous one, and then always the newest: a slow viewer
 skips frames, never builds a backlog, and never slows the pipeline or the other viewers.
@@ -110,6 +111,7 @@ class WebViewer:
         self.detector, self.assistant = detector, assistant
         self.state = _State(prompts=list(prompts), threshold=float(threshold), question=question)
         self._latest: _Published | None = None
+        self._served: tuple[_Published, bytes, float] | None = None  # frame, JPEG, when first served
         self._lock = threading.Lock()
         self._changes: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -337,13 +339,22 @@ class WebViewer:
 
     async def _frame_after(self, last: int, sent_at: float) -> tuple[_Published, bytes]:
         """The newest frame (and its JPEG) once it is newer than ``last`` and ``1 / max_fps`` s have
-        passed since ``sent_at``: what a viewer gets next."""
+        passed since ``sent_at``: what a viewer gets next. Viewers share a clock: within ``1 /
+        max_fps`` s of a frame being first served, every viewer gets that frame, so the frames
+        encoded follow ``max_fps`` however many viewers there are (each on its own phase would pick a
+        different newest frame from a 200 FPS pipeline: an encode per viewer per frame)."""
         wait = sent_at + 1.0 / self.max_fps - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         while True:
+            served = self._served
+            if (served is not None and served[0].seq != last
+                    and time.monotonic() - served[2] < 1.0 / self.max_fps):
+                return served[0], served[1]  # the frame of this tick, already encoded: shared
             got = await self._jpeg()
             if got is not None and got[0].seq != last:
+                if served is None or served[0].seq != got[0].seq:
+                    self._served = (got[0], got[1], time.monotonic())
                 return got
             await self._next_frame(last)
 

@@ -8,7 +8,18 @@ ms without, 2-vCPU EPYC, three paired runs). The memory pattern plans each run's
 block: it costs BLIP-base ~20 MiB of peak RSS (1086-1092 vs 1066-1074 MiB, still 1.27x the bundle)
 and pays where activations are large: SmolVLM-256M's vision graph on 512 px tiles took 2134-2240 ms a
 tile without it, 1352-1550 with it (1506-1601 with the arena too); 5 tiles 10.8 s, 8.2-8.8 s, 7.1-7.7 s.
-Graph weights come mapped from the bundle's ``.onnx.data`` files (see :mod:`edgevlp.export.optimize`)."""
+Graph weights come mapped from the bundle's ``.onnx.data`` files (see :mod:`edgevlp.export.optimize`).
+
+Threads: each session's pool spins while its run lasts and stops when it returns
+(``session.force_spinning_stop``). A bundle's graphs run one after the other -- a BLIP-base caption is
+vision encoder -> cross-attention K/V -> 20 decoder steps, three sessions -- and with onnxruntime's
+default the pool of the graph that just ran keeps spinning on the cores the next graph's pool wants:
+measured (2-vCPU Zen 5, INT8 bundle, p50 over 10 photos, runs interleaved) 337-354 ms a caption against
+446-479 ms with the default and 352-363 ms with no spinning at all (encode 194-202 / 268-297 / 184-196
+ms, decode 7.0-7.9 / 10.4-10.7 / 7.7-8.6 ms a token). One process-wide pool (onnxruntime's global thread
+pool) measured 301-308 ms but makes every other onnxruntime session in the process fail unless it opts
+in, so the runtime does not impose it. ``spinning=False`` turns spinning off altogether (Triton leaves:
+one process each, sharing the cores)."""
 
 from __future__ import annotations
 
@@ -79,5 +90,7 @@ class OnnxRuntimeBackend(Backend):
         if not self.spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        else:  # spin inside a run, stop when it returns: the bundle's next graph gets the cores
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         session = ort.InferenceSession(str(root / graph.file), sess_options=options, providers=providers)
         return _OrtSession(graph, session)
