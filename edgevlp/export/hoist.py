@@ -211,22 +211,14 @@ def _hoist(producer: Path, consumer: Path, general: bool) -> list[TensorSpec] | 
     return specs
 
 
-def _run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _run_model(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs of ``model`` (a model, or an ONNX file, read by onnxruntime itself) on ``feeds``."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {i.name: feeds[i.name] for i in sess.get_inputs()})))
-
-
-def _run(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, {i.name: feeds[i.name] for i in sess.get_inputs()})))
 
@@ -260,10 +252,10 @@ def hoist_graphs(ctx: Any) -> dict[str, Any]:
                 if not specs:
                     continue
                 if feeds is not None and step_feeds is not None:
-                    made = _run(p, feeds)
-                    before = _run(ctx.root / step.file, {**step_feeds, **{k: v for k, v in made.items()
+                    made = _run_model(p, feeds)
+                    before = _run_model(ctx.root / step.file, {**step_feeds, **{k: v for k, v in made.items()
                                                                           if k in step_feeds}})
-                    after = _run(c, {**step_feeds, **made})
+                    after = _run_model(c, {**step_feeds, **made})
                     same = (np.allclose(before[k], after[k], atol=atol * CHECK_SHARE, rtol=rtol * CHECK_SHARE)
                             if general else np.array_equal(before[k], after[k]) for k in before)
                     if not all(same):

@@ -32,6 +32,17 @@ __all__ = ["fold_matmul_scales", "fuse_gelu", "optimize_qdq_graph", "optimize_qu
 QUANTISED_OPS = frozenset({"DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "MatMulNBits"})
 
 
+def _index(g: onnx.GraphProto) -> tuple[dict[str, onnx.TensorProto], dict[str, onnx.NodeProto],
+                                        dict[str, list[onnx.NodeProto]], set[str]]:
+    """A graph's initializers by name, the node making each tensor, the nodes reading it, its outputs."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return ({t.name: t for t in g.initializer}, {o: n for n in g.node for o in n.output}, consumers,
+            {o.name for o in g.output})
+
+
 def _scalar(inits: dict[str, onnx.TensorProto], name: str) -> float | None:
     t = inits.get(name)
     if t is None or int(np.prod(t.dims)) != 1 or t.data_type != onnx.TensorProto.FLOAT:
@@ -43,13 +54,7 @@ def fold_matmul_scales(model: onnx.ModelProto) -> int:
     """Fold ``MatMul(DQ(a), DQ(b)) * c`` (or ``/ c``, c a float constant) into ``b``'s dequantisation
     scale, in place; returns how many products were folded."""
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    outputs = {o.name for o in g.output}
+    inits, producer, consumers, outputs = _index(g)
     dropped: set[int] = set()
     folded = 0
     for node in list(g.node):
@@ -101,13 +106,7 @@ def fuse_gelu(model: onnx.ModelProto) -> int:
     products, ``/ sqrt 2`` or ``* (1 / sqrt 2)``) with ``com.microsoft`` ``BiasGelu`` / ``Gelu``, in
     place; returns how many were fused."""
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    outputs = {o.name for o in g.output}
+    inits, producer, consumers, outputs = _index(g)
 
     def only(name: str, node: onnx.NodeProto) -> bool:
         return name not in outputs and [id(c) for c in consumers.get(name, [])] == [id(node)]
