@@ -6,14 +6,20 @@ A captioner's ``text_decoder`` step reads the cross-attention keys/values that i
 computes once per image (:data:`STEP_CONTEXT`: consumer role -> producer role). What the step then does
 to them is the same at every step: in an INT8 (QDQ) graph every key is transposed and every key and
 value quantised (``Transpose`` -> ``QuantizeLinear``), 12 layers x 2 tensors of 577 x 768 values at
-BLIP-base size, ~3 ms of a ~12 ms step on this CPU. :func:`hoist_step_invariants` moves such nodes
-(:data:`HOISTABLE`: transposes that keep the batch axis first, per-tensor quantisation with constant
-scales -- element-wise or batch-preserving, so the runtime's per-beam row repeat and Triton's request
-batching stay right) to the end of ``cross_kv``. Its new outputs (the transposed, quantised keys and
-values, uint8) replace the step's inputs of the same values; the step keeps its ``DequantizeLinear``
-nodes, which onnxruntime fuses with the matrix products into its int8 kernels as before. The outputs are
-bit for bit what the step computed (same ops, same constants), checked on the export's sample feeds
-before the graphs replace the exported ones.
+BLIP-base size, ~3 ms of a ~12 ms step on this CPU. :func:`hoist_step_invariants` moves such work to
+the end of ``cross_kv``: every invariant node that yields float or 8-bit data (GPT-2's cross keys go
+through a reshape / transpose / reshape / scale chain; BLIP's through a transpose and, in INT8, a
+quantisation), with the shape arithmetic it reads copied along, never a ``DequantizeLinear`` (onnxruntime
+fuses that with the int8 product it feeds). Every tensor that then crosses from ``cross_kv`` to the step
+must keep the batch on axis 0 -- checked by running the new ``cross_kv`` at batch 1 and 2 -- so the
+runtime's per-beam row repeat and Triton's request batching stay right; where one does not, only
+:data:`HOISTABLE` nodes move (transposes keeping axis 0 first, per-tensor quantisations with constant
+scales). ``cross_kv``'s new outputs (named ``step_invariant.*``: transposed keys, uint8 keys and values)
+replace the step's inputs of the same values, and the step keeps its ``DequantizeLinear`` nodes. The
+restricted pass is exact (same ops, same constants); the general one may round differently where a
+moved float op had been fused into the step's kernels, so :func:`hoist_graphs` accepts it within a
+tenth of the fp32 tolerance on the export's sample feeds (and the restricted pass only bit for bit)
+before the graphs replace the exported ones; export parity then runs as always.
 
 Used by the ``cpu`` target only (onnxruntime): TensorRT's parser takes QDQ graphs with float inputs, and
 OpenVINO converts the graphs as exported.
