@@ -141,8 +141,9 @@ class AppConfig:
             from edgevlp.app.remote import parse_mqtt_url
 
             parse_mqtt_url(self.mqtt)
-        if not 0 < self.serve_fps <= 240:
-            raise InputError(f"--serve-fps must be in (0, 240], got {self.serve_fps}")
+        from edgevlp.app.remote import check_serve_fps
+
+        check_serve_fps(self.serve_fps)
         if self.no_auth and (self.token or self.view_token):
             raise InputError("--no-auth and --token/--view-token contradict each other: pass one of them")
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):

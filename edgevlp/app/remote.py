@@ -11,12 +11,13 @@ from urllib.parse import urlparse
 from edgevlp.errors import InputError
 
 __all__ = ["parse_serve_address", "parse_mqtt_url", "check_prompts", "check_threshold", "check_question",
-           "MAX_PROMPTS", "MAX_PROMPT_CHARS", "MAX_QUESTION_CHARS", "MAX_BODY_BYTES"]
+           "check_serve_fps", "MAX_PROMPTS", "MAX_SERVE_FPS", "MAX_PROMPT_CHARS", "MAX_QUESTION_CHARS", "MAX_BODY_BYTES"]
 
 MAX_PROMPTS = 64
 MAX_PROMPT_CHARS = 200
 MAX_BODY_BYTES = 64 * 1024
 MAX_QUESTION_CHARS = 500
+MAX_SERVE_FPS = 240.0
 
 
 def parse_serve_address(text: str) -> tuple[str, int]:
@@ -32,6 +33,14 @@ def parse_serve_address(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise InputError(f"--serve {text!r} must be PORT or HOST:PORT with a port in 1..65535, e.g. --serve 8080")
     return host, int(port)
+
+
+def check_serve_fps(value: float) -> float:
+    """``--serve-fps``: frames a second each web viewer gets at most, in (0, 240]."""
+    fps = float(value)
+    if not 0 < fps <= MAX_SERVE_FPS:
+        raise InputError(f"--serve-fps must be in (0, {MAX_SERVE_FPS:g}], got {value}")
+    return fps
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str]:

@@ -35,5 +35,12 @@ class ExportContext:
     def graphs_by_role(self) -> dict[str, GraphSpec]:
         return {g.role: g for g in self.graphs}
 
+    def note_graph(self, role: str, key: str, value: Any) -> None:
+        """Record ``value`` under ``notes["graph_optimization"][role][key]`` beside what other passes
+        recorded for that graph."""
+        notes = self.notes.setdefault("graph_optimization", {})
+        entry = notes.get(role)
+        notes[role] = {**(entry if isinstance(entry, dict) else {}), key: value}
+
     def replace_graph(self, old: GraphSpec, new: GraphSpec) -> None:
         self.graphs[self.graphs.index(old)] = new

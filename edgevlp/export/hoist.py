@@ -274,7 +274,6 @@ def hoist_graphs(ctx: Any) -> dict[str, Any]:
                 continue
             shutil.copyfile(p, ctx.root / context.file)
             shutil.copyfile(c, ctx.root / step.file)
-        moved_names = {s.name for s in specs}
         new_context = GraphSpec(role=context.role, file=context.file, inputs=context.inputs,
                                 outputs=(*context.outputs, *specs), format=context.format,
                                 extra_files=context.extra_files, engines=context.engines)
@@ -284,9 +283,8 @@ def hoist_graphs(ctx: Any) -> dict[str, Any]:
                              format=step.format, extra_files=step.extra_files, engines=step.engines)
         ctx.replace_graph(context, new_context)
         ctx.replace_graph(step, new_step)
-        record[step_role] = {"applied": True, "mode": mode, "into": context_role, "tensors": len(moved_names),
+        record[step_role] = {"applied": True, "mode": mode, "into": context_role, "tensors": len(specs),
                              "inputs_dropped": len(step.inputs) + len(specs) - len(new_step.inputs)}
-    notes = ctx.notes.setdefault("graph_optimization", {})
     for role, entry in record.items():
-        notes[role] = {**(notes[role] if isinstance(notes.get(role), dict) else {}), "hoisted": entry}
+        ctx.note_graph(role, "hoisted", entry)
     return record

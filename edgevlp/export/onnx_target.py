@@ -37,6 +37,7 @@ def write(ctx: ExportContext) -> None:
         }
     else:  # FP32 graphs (and the FP32 graphs of an `edgevlp compress` output; its QDQ graphs are skipped)
         optimize_graphs(ctx, ctx.family)
-    optimize_quantised_graphs(ctx)  # INT8 graphs: attention scales into the dequantisation, one-op GELU
+    if ctx.precision in ("int8", "int4"):  # INT8 graphs: attention scales into the dequantisation, one-op GELU
+        optimize_quantised_graphs(ctx)
     hoist_graphs(ctx)
     externalize_graphs(ctx)

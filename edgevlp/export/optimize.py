@@ -71,7 +71,7 @@ from onnx import numpy_helper
 from edgevlp.bundle import GraphSpec
 from edgevlp.export.context import ExportContext
 
-__all__ = ["Fusions", "FUSIONS", "FUSED_OPS", "optimize_graphs", "untie_graphs", "fuse_graph",
+__all__ = ["Fusions", "FUSIONS", "FUSED_OPS", "is_quantised", "optimize_graphs", "untie_graphs", "fuse_graph",
            "untie_transposed_weights", "store_weights_externally", "externalize_graphs", "op_counts"]
 
 #: Op types the fusions produce (counted before/after in the manifest notes).
@@ -156,7 +156,8 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return {"nodes": len(model.graph.node), **{op: counts[op] for op in FUSED_OPS if counts[op]}}
 
 
-def _is_quantised(model: onnx.ModelProto) -> bool:
+def is_quantised(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` holds quantised ops (QDQ, dynamic INT8, MatMulNBits)."""
     return any(n.op_type in _QUANTISED_OPS for n in model.graph.node)
 
 
@@ -242,7 +243,7 @@ def fuse_graph(path: Path, fusions: Fusions, feeds: dict[str, np.ndarray] | None
 
     model = onnx.load(str(path))
     record["before"] = op_counts(model)
-    if _is_quantised(model):
+    if is_quantised(model):
         return done("graph is already quantised; fusions run on FP32 graphs only")
     io_before = _io(model)
     del model

@@ -26,10 +26,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["fold_matmul_scales", "fuse_gelu", "optimize_qdq_graph", "optimize_quantised_graphs"]
+from edgevlp.export.optimize import is_quantised
 
-#: ops that mark a graph as quantised (QDQ from `edgevlp compress`, or onnxruntime dynamic INT8)
-QUANTISED_OPS = frozenset({"DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "MatMulNBits"})
+__all__ = ["fold_matmul_scales", "fuse_gelu", "optimize_qdq_graph", "optimize_quantised_graphs"]
 
 
 def _index(g: onnx.GraphProto) -> tuple[dict[str, onnx.TensorProto], dict[str, onnx.NodeProto],
@@ -90,8 +89,8 @@ def fold_matmul_scales(model: onnx.ModelProto) -> int:
         keep = [n for n in g.node if id(n) not in dropped]
         del g.node[:]
         g.node.extend(keep)
-        used = {i for n in g.node for i in n.input}
-        live = [t for t in g.initializer if t.name in used or t.name in {i.name for i in g.input}]
+        used = {i for n in g.node for i in n.input} | {i.name for i in g.input}
+        live = [t for t in g.initializer if t.name in used]
         del g.initializer[:]
         g.initializer.extend(live)
     return folded
@@ -191,7 +190,7 @@ def optimize_qdq_graph(path: Path) -> dict[str, int] | None:
     only when something changed); returns the counts, or None for a graph that is not quantised (FP32
     graphs get :mod:`edgevlp.export.optimize`'s fusions instead)."""
     model = onnx.load(str(path))
-    if not any(n.op_type in QUANTISED_OPS for n in model.graph.node):
+    if not is_quantised(model):
         return None
     counts = {"scales_folded": fold_matmul_scales(model), "gelu_fused": fuse_gelu(model)}
     if any(counts.values()):
@@ -209,8 +208,6 @@ def optimize_quantised_graphs(ctx: Any) -> dict[str, dict[str, int]]:
             counts = optimize_qdq_graph(ctx.root / graph.file)
             if counts is not None:
                 record[graph.role] = counts
-    notes = ctx.notes.setdefault("graph_optimization", {})
     for role, counts in record.items():
-        entry = notes.get(role)
-        notes[role] = {**(entry if isinstance(entry, dict) else {}), "quantised": counts}
+        ctx.note_graph(role, "quantised", counts)
     return record

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from edgevlp.app.remote import MAX_BODY_BYTES, check_prompts, check_question, check_threshold
+from edgevlp.app.remote import MAX_BODY_BYTES, check_prompts, check_question, check_serve_fps, check_threshold
 from edgevlp.errors import InputError, ServerError
 
 __all__ = ["WebViewer"]
@@ -61,6 +61,7 @@ class _Published:
     published: float
     jpeg: bytes | None = None
     encoding: Any = None  # the one encode of this frame in flight (an asyncio future)
+    served: float | None = None  # when a viewer first got it (the viewers' shared clock)
 
 
 @dataclass
@@ -92,11 +93,9 @@ class WebViewer:
                  max_fps: float = 30.0) -> None:
         if not 1 <= int(jpeg_quality) <= 100:
             raise InputError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
-        if not 0 < float(max_fps) <= 240:
-            raise InputError(f"the viewers' frame rate must be in (0, 240], got {max_fps}")
         #: frames a second a viewer gets at most (a pipeline at 200 FPS is watched at this rate; the
         #: JPEG encoding, the viewers' only cost to the pipeline, follows it)
-        self.max_fps = float(max_fps)
+        self.max_fps = check_serve_fps(max_fps)
         self.host, self.port = host, int(port)
         self.loopback = _is_loopback(host)
         if no_auth:
@@ -111,7 +110,7 @@ class WebViewer:
         self.detector, self.assistant = detector, assistant
         self.state = _State(prompts=list(prompts), threshold=float(threshold), question=question)
         self._latest: _Published | None = None
-        self._served: tuple[_Published, bytes, float] | None = None  # frame, JPEG, when first served
+        self._served: _Published | None = None  # the frame of the viewers' current tick
         self._lock = threading.Lock()
         self._changes: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -348,13 +347,14 @@ class WebViewer:
             await asyncio.sleep(wait)
         while True:
             served = self._served
-            if (served is not None and served[0].seq != last
-                    and time.monotonic() - served[2] < 1.0 / self.max_fps):
-                return served[0], served[1]  # the frame of this tick, already encoded: shared
+            if (served is not None and served.seq != last and served.jpeg is not None
+                    and time.monotonic() - served.served < 1.0 / self.max_fps):  # type: ignore[operator]
+                return served, served.jpeg  # the frame of this tick, already encoded: shared
             got = await self._jpeg()
             if got is not None and got[0].seq != last:
-                if served is None or served[0].seq != got[0].seq:
-                    self._served = (got[0], got[1], time.monotonic())
+                if got[0].served is None:
+                    got[0].served = time.monotonic()
+                    self._served = got[0]
                 return got
             await self._next_frame(last)
 
