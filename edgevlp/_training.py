@@ -65,6 +65,10 @@ class TrainSettings:
     #: bfloat16 autocast for the forward pass (weights, optimizer and loss reductions stay float32):
     #: 2.1x the images/s of float32 for demo-owlvit on a CPU with AVX-512 BF16
     bf16: bool = False
+    #: a model directory whose ``model.safetensors`` starts the run instead of random weights (a
+    #: warm restart of a shipped model: a new schedule, fresh optimizer moments; use a new ``seed`` so
+    #: the batches are new ones)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "eval_n", "checkpoint_every", "threads"):
@@ -85,6 +89,9 @@ class Recipe:
     name: ClassVar[str]
     family: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
+    #: name prefixes of training-only modules that :meth:`finalize` drops (a warm restart from a
+    #: saved model starts them afresh)
+    training_only: ClassVar[tuple[str, ...]] = ()
 
     def build(self, seed: int, tiny: bool) -> Any:
         """A fresh adapter (random weights, seeded)."""
@@ -166,7 +173,7 @@ def _load_checkpoint(state_dir: Path, model: torch.nn.Module, opt: torch.optim.O
         raise InputError(f"--resume: no checkpoint in {state_dir}; start without --resume")
     state = json.loads(state_path.read_text())
     saved = state["settings"]
-    fixed = ("name", "batch_size", "lr", "seed", "warmup", "weight_decay", "tiny", "bf16")
+    fixed = ("name", "batch_size", "lr", "seed", "warmup", "weight_decay", "tiny", "bf16", "init_from")
     diff = [f"{k}: {saved.get(k)!r} -> {getattr(s, k)!r}" for k in fixed if saved.get(k) != getattr(s, k)]
     if diff:
         raise InputError("--resume: the checkpoint was trained with other settings (" + "; ".join(diff)
@@ -199,6 +206,8 @@ def run(recipe: Recipe, s: TrainSettings, out: Path, *, resume: bool = False,
     if resume and s.minutes is not None:
         raise InputError("--minutes budgets a new run; continue a checkpoint with --resume --steps N")
     adapter = recipe.build(s.seed, s.tiny)
+    if s.init_from is not None and not resume:
+        _init_weights(adapter.model, Path(s.init_from), recipe.training_only)
     model = adapter.model.to(device)
     model.train()
     opt, names = _optimizer(model, s)
@@ -276,6 +285,29 @@ def run(recipe: Recipe, s: TrainSettings, out: Path, *, resume: bool = False,
 
 
 BUDGET_PROBE_STEPS = 20
+
+
+def _init_weights(model: torch.nn.Module, model_dir: Path, training_only: tuple[str, ...] = ()) -> None:
+    """Load ``model_dir/model.safetensors`` into the freshly built ``model`` (same recipe and size).
+
+    Tied weights are saved once (they come back through the tensor they share), and modules named in
+    ``training_only`` keep their fresh initialisation."""
+    path = model_dir / "model.safetensors"
+    if not path.is_file():
+        raise InputError(f"--init-from {model_dir}: no model.safetensors there; pass a directory "
+                         "`edgevlp zoo train` wrote (or a shipped demo model's, edgevlp/zoo/NAME)")
+    own = model.state_dict()
+    weights = load_file(str(path))
+    loaded = {own[k].data_ptr() for k in own if k in weights}
+    missing = sorted(k for k in set(own) - set(weights)
+                     if own[k].data_ptr() not in loaded and not k.startswith(training_only))
+    wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or wrong:
+        what = "; ".join(filter(None, [f"missing {', '.join(missing[:3])}" if missing else "",
+                                       f"other shapes: {', '.join(wrong[:3])}" if wrong else ""]))
+        raise InputError(f"--init-from {model_dir}: its weights are not this recipe's model ({what}); "
+                         "initialise from a model of the same recipe and size")
+    model.load_state_dict({k: weights[k].to(own[k].dtype) for k in own if k in weights}, strict=False)
 
 
 def _device(name: str) -> torch.device:

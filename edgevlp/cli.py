@@ -479,6 +479,10 @@ def _zoo_args(p: argparse.ArgumentParser) -> None:
                    "recipes autocast the forward pass to bfloat16)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in OUT/.train (to its "
                    "step count unless --steps is given)")
+    p.add_argument("--init-from", metavar="DIR", help="start from the weights of a trained model of the same "
+                   "recipe (e.g. edgevlp/zoo/demo-owlvit): a warm restart with a new schedule; give a new "
+                   "--seed so the batches are new")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     p.add_argument("--json", action="store_true", help="list as JSON")
 
 
@@ -497,11 +501,13 @@ def _run_zoo(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None and value < 1:
             raise InputError(f"--{key.replace('_', '-')} {value}: expected a positive number")
+    if args.lr is not None and not args.lr > 0:
+        raise InputError(f"--lr {args.lr}: expected a positive learning rate")
     from edgevlp.zoo.train import train
 
     out = train(args.name, steps=args.steps, out=args.out, seed=args.seed, resume=args.resume,
                 batch_size=args.batch_size, minutes=args.minutes, device=args.device, threads=args.threads,
-                bf16=False if args.fp32 else None)
+                bf16=False if args.fp32 else None, lr=args.lr, init_from=args.init_from)
     print(f"saved {args.name} to {out} (model card: {out / 'README.md'})")
     return 0
 
@@ -577,7 +583,9 @@ VERBS: tuple[Verb, ...] = (
          "  edgevlp zoo\n"
          "  edgevlp zoo train demo-blip --steps 1500 --out out/demo-blip\n"
          "  edgevlp zoo train demo-owlvit --out out/demo-owlvit --resume\n"
-         "  edgevlp zoo train demo-owlvit --minutes 30 --out out/demo-owlvit    # add --device cuda on a GPU",
+         "  edgevlp zoo train demo-owlvit --minutes 30 --out out/demo-owlvit    # add --device cuda on a GPU\n"
+         "  edgevlp zoo train demo-owlvit --init-from edgevlp/zoo/demo-owlvit --seed 1 --steps 2000 --lr 2e-4 "
+         "--out out/demo-owlvit-more",
          _zoo_args, _run_zoo),
 )
 

@@ -163,6 +163,45 @@ def test_resume_continues_exactly(tmp_path) -> None:
         train("demo-owlvit", steps=6, out=tmp_path / "b", **kw)  # refuses to overwrite a checkpoint
 
 
+def test_init_from_starts_at_the_saved_weights(tmp_path, capsys) -> None:
+    """A warm restart: the run starts at the saved model's weights (tied weights and the training-only
+    probe included), the card's command says so, and a model of another size is refused clearly."""
+    from safetensors.torch import load_file
+
+    from edgevlp.zoo.train import recipe_for, train
+
+    kw = dict(tiny=True, batch_size=2, warmup=1, eval_every=100, eval_n=2, checkpoint_every=100, progress=False)
+    first = train("demo-blip", steps=2, out=tmp_path / "a", **kw)
+    recipe = recipe_for("demo-blip")
+    adapter = recipe.build(seed=5, tiny=True)
+    from edgevlp._training import _init_weights
+
+    _init_weights(adapter.model, first, recipe.training_only)
+    saved = load_file(str(first / "model.safetensors"))
+    own = adapter.model.state_dict()
+    assert all(torch.equal(own[k], saved[k].to(own[k].dtype)) for k in saved)
+    assert torch.equal(own["text_decoder.cls.predictions.decoder.weight"],  # tied, saved once
+                       own["text_decoder.bert.embeddings.word_embeddings.weight"])
+    fresh = recipe.build(seed=5, tiny=True).model.state_dict()
+    assert not torch.equal(fresh["vision_model.embeddings.patch_embedding.weight"],
+                           own["vision_model.embeddings.patch_embedding.weight"])  # the load changed them
+    again = train("demo-blip", steps=1, out=tmp_path / "b", seed=1, lr=1e-9, init_from=first, **kw)
+    card = json.loads((again / "metrics.json").read_text())["training"]
+    assert card["init_from"] == str(first) and f"--init-from {first}" in card["command"]
+    after = load_file(str(again / "model.safetensors"))  # lr 1e-9: one step leaves the weights (fp16) as they were
+    assert all(torch.equal(after[k], saved[k]) for k in saved)
+    assert main(["zoo", "train", "demo-blip", "--init-from", str(ZOO_DIR / "demo-blip"), "--steps", "1",
+                 "--out", str(tmp_path / "c"), "--lr", "0"]) == 1
+    assert "--lr 0" in capsys.readouterr().err
+    assert main(["zoo", "train", "demo-owlvit", "--init-from", str(tmp_path / "nothing"), "--steps", "1",
+                 "--out", str(tmp_path / "c")]) == 1
+    assert "no model.safetensors" in capsys.readouterr().err
+    from edgevlp.errors import InputError
+
+    with pytest.raises(InputError, match="not this recipe's model"):
+        train("demo-owlvit", steps=1, out=tmp_path / "d", init_from=first, **kw)
+
+
 def test_zoo_lists_both(capsys) -> None:
     assert main(["zoo"]) == 0
     out = capsys.readouterr().out

@@ -48,6 +48,7 @@ PROBE_WEIGHT = 1.0
 class BlipRecipe(Recipe):
     name = "demo-blip"
     family = "blip"
+    training_only = ("shape_probe.",)  # dropped by finalize()
     defaults: ClassVar[dict[str, Any]] = dict(steps=3500, batch_size=32, lr=1e-3, warmup=200, eval_every=500,
                                               eval_n=64, checkpoint_every=200, bf16=True)
 

@@ -49,6 +49,7 @@ PROBE_WEIGHT = 0.5
 class SmolVLMRecipe(Recipe):
     name = "demo-smolvlm"
     family = "idefics3"
+    training_only = ("shape_probe.",)  # dropped by finalize()
     defaults: ClassVar[dict[str, Any]] = dict(steps=2500, batch_size=32, lr=1e-3, warmup=200, eval_every=500,
                                               eval_n=48, checkpoint_every=200, bf16=True)
 

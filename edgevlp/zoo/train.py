@@ -76,7 +76,7 @@ def train(name: str, *, steps: int | None = None, out: str | os.PathLike[str] | 
           eval_every: int | None = None, eval_n: int | None = None, checkpoint_every: int | None = None,
           warmup: int | None = None, progress: bool = True, command: str | None = None,
           minutes: float | None = None, device: str = "cpu", threads: int | None = None,
-          bf16: bool | None = None) -> Path:
+          bf16: bool | None = None, init_from: str | os.PathLike[str] | None = None) -> Path:
     """Train demo model ``name`` and save it (fp16 weights, tokenizer, processor, card) in ``out``.
 
     ``tiny`` builds a toy-sized config (for tests). Returns ``out``. Checkpoints go to ``out/.train``
@@ -84,6 +84,7 @@ def train(name: str, *, steps: int | None = None, out: str | os.PathLike[str] | 
     the checkpoint's step count unless ``steps`` is given). ``minutes`` budgets a new run: its first
     steps are timed and ``steps`` becomes what fits (the card gives the ``--steps`` that reproduce it).
     ``device`` is a torch device (``cuda`` trains on a GPU; the card's metrics are measured on CPU).
+    ``init_from`` starts from a trained model's weights (a warm restart; the card records it).
     """
     from edgevlp._training import STATE_DIR, TrainSettings, run
     from edgevlp.zoo.card import environment, write_card
@@ -97,13 +98,18 @@ def train(name: str, *, steps: int | None = None, out: str | os.PathLike[str] | 
     state = out_dir / STATE_DIR / "state.json"
     if resume and steps is None and state.is_file():
         d["steps"] = int(json.loads(state.read_text())["settings"]["steps"])
-    settings = TrainSettings(name=name, seed=seed, tiny=tiny, minutes=minutes, device=device, **d)
+    settings = TrainSettings(name=name, seed=seed, tiny=tiny, minutes=minutes, device=device,
+                             init_from=None if init_from is None else str(init_from), **d)
     result = run(recipe, settings, out_dir, resume=resume, progress=progress)
     settings = result.settings  # a --minutes budget has fixed its step count
     recipe.finalize(result.adapter)
     save_shipped(result.adapter, out_dir)
     if command is None:
         command = f"edgevlp zoo train {name} --steps {settings.steps} --seed {seed} --out {shlex.quote(str(out_dir))}"
+        if settings.lr != recipe.defaults.get("lr"):
+            command += f" --lr {settings.lr:g}"
+        if settings.init_from is not None:
+            command += f" --init-from {shlex.quote(settings.init_from)}"
         if settings.batch_size != recipe.defaults.get("batch_size"):
             command += f" --batch-size {settings.batch_size}"
         if device != "cpu":
