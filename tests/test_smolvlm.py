@@ -377,3 +377,49 @@ def test_question_file_changes_the_question_while_running(exported, tmp_path) ->
     assert summary["question_changes"] == 1
     assert any("question now: is there a square?" in e for e in events)
     assert any("question unchanged" in e and "empty" in e for e in events)
+
+
+def test_weight_only_fallback_judged_on_answers(tmp_path) -> None:
+    """``min_answer_match``: the decoder's weight-only candidates are judged on whole greedy answers (the
+    candidate on its own KV cache), not one step's logits. One MLP channel carries a 1000x weight (its
+    up-projection scaled down as much, so FP32 is unchanged): the blocks around it lose every other
+    weight, the answers change, and the fallback keeps that MLP in FP32 first, then what else it takes
+    for every answer to be FP32's, the rest staying 4-bit. On demo-smolvlm: a random tiny model's
+    near-flat logits flip under 4-bit noise in every layer."""
+    import json
+
+    from edgevlp.compress.pipeline import compress_model
+    from edgevlp.compress.recipe import CalibrationConfig, FallbackConfig, QuantConfig, QuantScheme, Recipe
+
+    from edgevlp.models import load_model
+
+    adapter = load_model("demo-smolvlm")
+    mlp = adapter.model.model.text_model.layers[0].mlp
+    with torch.no_grad():
+        for j in (3, 40):
+            mlp.up_proj.weight[j] *= 1e-3
+            mlp.down_proj.weight[:, j] *= 1e3
+    weights = QuantScheme(bits=4, block_size=32, per_channel=False)
+    quant = QuantConfig(method="weight_only", weights=weights, include=("decoder",),
+                        calibration=CalibrationConfig(size=8), fallback=FallbackConfig(min_answer_match=1.0))
+    report = compress_model(adapter, Recipe(name="t", stages=(quant,)), tmp_path / "o", progress=False, cache=False)
+    graph = report["stages"][0]["graphs"]["decoder"]
+    fb = graph["fallback"]
+    assert fb["metric"].startswith("greedy answers equal to FP32's") and fb["tolerance"] == 1.0
+    assert fb["score_all_int8"] < 1.0, fb  # the broken block changes answers
+    assert fb["met"] and fb["score_final"] == 1.0
+    broken = "model.model.text_model.layers.0.mlp"
+    assert fb["sensitivity"][0]["group"] == broken, fb["sensitivity"]  # the most noise: tried first
+    kept = [k["group"] for k in fb["kept_fp32"]]
+    print(fb)
+    assert broken in kept and len(kept) < len(fb["sensitivity"]), kept
+    assert graph["quantized"] and "MatMulNBits" in graph["integer_ops"]
+    assert "answer_match_search" in graph["schemes"]["weight_only"]
+    record = json.loads((tmp_path / "o" / "compression.json").read_text())
+    assert record["schemes"] == {"decoder": "weight_only"}
+    # judged on answers is a decoder's table only: a vision graph has no answers
+    bad = QuantConfig(method="ptq_static", include=("vision_encoder",), calibration=CalibrationConfig(size=4),
+                      fallback=FallbackConfig(min_answer_match=1.0))
+    with pytest.raises(InputError, match="min_answer_match judges greedy answers.*'decoder'"):
+        compress_model(SmolVLMAdapter.tiny(), Recipe(name="t", stages=(bad,)), tmp_path / "v", progress=False,
+                       cache=False)

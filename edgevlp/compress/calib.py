@@ -12,6 +12,7 @@ phrases of the frames.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from edgevlp.errors import InputError
 from edgevlp.models.base import CaptionerAdapter, ModelAdapter
 
 __all__ = ["Frame", "load_frames", "real_photos", "Feeds", "build_feeds", "decoder_feeds", "assistant_feeds",
+           "assistant_answers", "greedy_answer",
            "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -165,6 +167,10 @@ def assistant_feeds(adapter: ModelAdapter, graphs: dict[str, Path], frames: list
     _, kv_heads, head_dim = adapter.kv_layout()  # type: ignore[attr-defined]
     eos = adapter.generation_settings().get("eos_token_id")  # type: ignore[attr-defined]
     feeds: dict[str, Feeds] = {"vision_encoder": [], "embed_tokens": [], "decoder": []}
+
+    def run_embed(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return embed.run(None, feed)
+
     for frame in frames:
         split = split_image(frame.bgr, spec)
         vfeed = {"pixel_values": split.pixel_values, "pixel_attention_mask": split.pixel_attention_mask}
@@ -174,17 +180,51 @@ def assistant_feeds(adapter: ModelAdapter, graphs: dict[str, Path], frames: list
         embeds = merge_image_features(embed.run(None, efeed)[0], ids, vision.run(None, vfeed)[0],
                                       int(prompt["image_token_id"]))
         past = {n: np.zeros((1, kv_heads, 0, head_dim), np.float32) for n in past_names}
-        length = 0
-        for _ in range(max_new_tokens):
-            feed = step_feeds(embeds, past, length)
-            feeds["decoder"].append(feed)
-            logits, *present = decoder.run(None, feed)
-            past, length = dict(zip(past_names, present)), length + embeds.shape[1]
-            token = int(logits[0, -1].argmax())
-            if eos is not None and token == int(eos):
-                break
-            embeds = embed.run(None, {"input_ids": np.asarray([[token]], np.int64)})[0]
+        greedy_answer(lambda f: decoder.run(None, f), run_embed, step_feeds(embeds, past, 0), past_names, eos,
+                      max_new_tokens, feeds["decoder"].append)
     return feeds
+
+
+def greedy_answer(run_decoder: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
+                  run_embed: Callable[[dict[str, np.ndarray]], list[np.ndarray]], prefill: dict[str, np.ndarray],
+                  past_names: list[str], eos: int | None, max_new_tokens: int,
+                  on_feed: Callable[[dict[str, np.ndarray]], None] | None = None) -> list[int]:
+    """The greedy answer tokens of a VLM decoder from its ``prefill`` feed (the prompt's embeddings, an
+    empty cache), each next token embedded by ``run_embed``; ``on_feed`` sees every decoder feed."""
+    from edgevlp.runtime.assistant import step_feeds
+
+    feed, tokens = prefill, []
+    length = 0
+    for _ in range(max_new_tokens):
+        if on_feed is not None:
+            on_feed(feed)
+        logits, *present = run_decoder(feed)
+        length += feed["inputs_embeds"].shape[1]
+        token = int(logits[0, -1].argmax())
+        tokens.append(token)
+        if eos is not None and token == int(eos):
+            break
+        embeds = run_embed({"input_ids": np.asarray([[token]], np.int64)})[0]
+        feed = step_feeds(embeds, dict(zip(past_names, present)), length)
+    return tokens
+
+
+def assistant_answers(adapter: ModelAdapter, graphs: dict[str, Path],
+                      run_decoder: Callable[[dict[str, np.ndarray]], list[np.ndarray]], feeds: Feeds,
+                      max_new_tokens: int) -> list[list[int]]:
+    """The greedy answers ``run_decoder`` (a candidate decoder graph) gives from the prefill feeds among
+    a VLM decoder's ``feeds`` (those with an empty cache), the FP32 ``embed_tokens`` graph embedding
+    each next token: what a mixed-precision fallback judged on answers compares with FP32's."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    embed = ort.InferenceSession(str(graphs["embed_tokens"]), opts, providers=["CPUExecutionProvider"])
+    past_names = [k for k in feeds[0] if k.startswith("past_")]  # in the graph's order (step_feeds)
+    eos = adapter.generation_settings().get("eos_token_id")  # type: ignore[attr-defined]
+    prefills = [f for f in feeds if all(f[k].shape[2] == 0 for k in past_names)]
+    return [greedy_answer(run_decoder, lambda f: embed.run(None, f), p, past_names, eos, max_new_tokens)
+            for p in prefills]
 
 
 def build_feeds(adapter: ModelAdapter, graphs: dict[str, Path], frames: list[Frame], *,

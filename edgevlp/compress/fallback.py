@@ -98,13 +98,14 @@ class FallbackResult:
     kept: list[dict[str, Any]] = field(default_factory=list)
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
+    metric: str = "min output cosine vs FP32 (held-out samples)"
 
     @property
     def excluded_nodes(self) -> set[str]:
         return {n for k in self.kept for n in k["nodes"]}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": "min output cosine vs FP32 (held-out samples)", "tolerance": self.tolerance,
+        return {"metric": self.metric, "tolerance": self.tolerance,
                 "score_all_int8": round(self.score_quantized, 6), "score_final": round(self.score_final, 6),
                 "met": self.met, "kept_fp32": [{k: v for k, v in g.items() if k != "nodes"} | {"nodes": len(g["nodes"])}
                                                for g in self.kept],
@@ -120,12 +121,14 @@ def evaluations_bound(n_groups: int, max_layers: int, ordered: bool) -> int:
 def select_fallback(groups: dict[str, list[str]], evaluate: Callable[[set[str]], float], *,
                     min_score: float, max_layers: int, base: float | None = None,
                     order: Callable[[], dict[str, float]] | None = None,
-                    progress: Callable[[int, float], None] | None = None) -> FallbackResult:
+                    progress: Callable[[int, float], None] | None = None,
+                    metric: tuple[str, str] = ("cosine", "min output cosine vs FP32 (held-out samples)")
+                    ) -> FallbackResult:
     """Greedy selection (see the module docstring); ``evaluate(excluded node names) -> score``.
 
     ``base``: the all-INT8 score when already measured; ``order()``: the noise each group adds (larger
     first), called only when the all-INT8 score misses the tolerance; ``progress(evaluations, score)``
-    after each evaluation.
+    after each evaluation; ``metric``: (short label, description) of what ``evaluate`` scores.
     """
     calls = 0
 
@@ -138,7 +141,9 @@ def select_fallback(groups: dict[str, list[str]], evaluate: Callable[[set[str]],
         return value
 
     base = score(set()) if base is None else base
-    result = FallbackResult(tolerance=min_score, score_quantized=base, score_final=base, met=base >= min_score)
+    label = metric[0]
+    result = FallbackResult(tolerance=min_score, score_quantized=base, score_final=base, met=base >= min_score,
+                            metric=metric[1])
     if result.met or max_layers == 0 or not groups:
         result.evaluations = calls
         return result
@@ -169,13 +174,13 @@ def select_fallback(groups: dict[str, list[str]], evaluate: Callable[[set[str]],
                 kept, current = trial, s
     if attribution is not None:
         result.kept = [{"group": g, "nodes": groups[g], "noise_added": round(attribution.get(g, 0.0), 6),
-                        "why": f"all-INT8 cosine {base:.4f} < {min_score}; this group adds relative noise "
+                        "why": f"all-INT8 {label} {base:.4f} < {min_score}; this group adds relative noise "
                                f"energy {attribution.get(g, 0.0):.3g} between its inputs and outputs"}
                        for g in kept]
     else:
         result.kept = [{"group": g, "nodes": groups[g], "score_if_only_this_fp32": round(solo[g], 6),
                         "gain": round(solo[g] - base, 6),
-                        "why": f"all-INT8 cosine {base:.4f}; keeping this group in FP32 alone gives "
+                        "why": f"all-INT8 {label} {base:.4f}; keeping this group in FP32 alone gives "
                                f"{solo[g]:.4f} (tolerance {min_score})"} for g in kept]
     result.score_final = current
     result.met = current >= min_score

@@ -110,7 +110,7 @@ def apply(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
 
 
 def _quantize(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
-    if cfg.fallback is not None and cfg.fallback.min_cosine is None:
+    if cfg.fallback is not None and cfg.fallback.bound is None:
         raise NotAvailableYet("a fallback on max_metric_drop alone is not available yet (task-metric "
                               "fallback lands with issue #8); set fallback.min_cosine")
     backend = import_object(BACKENDS[cfg.backend])()
@@ -149,7 +149,7 @@ def _quantize(state: CompressState, cfg: QuantConfig) -> dict[str, Any]:
         feeds = _spread(calib[role], cfg.calibration.max_samples)
         report["calibration"]["samples"][role] = len(feeds)
         report["graphs"][role] = _quantize_graph(state, backend, cfg.for_role(role), role, src, feeds, evals[role],
-                                                 work)
+                                                 work, graphs)
     return report
 
 
@@ -191,7 +191,7 @@ def _run_feeds(state: Any, label: str, run: Any, feeds: list[dict[str, Any]]) ->
     return out, bar
 
 def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: str, fp32: Path,
-                    calib: Feeds, evals: Feeds, work: Path) -> dict[str, Any]:
+                    calib: Feeds, evals: Feeds, work: Path, graphs: dict[str, Path]) -> dict[str, Any]:
     src, untied = _untied(fp32, work)
     model = onnx.load(str(src), load_external_data=False)
     skip = {n.name for n in model.graph.node if not selected(cfg, role, n)}
@@ -224,10 +224,15 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
     skip |= mask_nodes
     rel = cfg.fallback.max_rel_diff if cfg.fallback is not None else None
 
-    def score(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> float:
+    def cosine(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> float:
         result = compare([ref[i] for i in search], [list(run(f)) for f in search_feeds], names)
         too_far = rel is not None and any(o["max_abs_diff"] > rel * o["max_abs_fp32"] for o in result.values())
         return min_cosine(result) - (1.0 if too_far else 0.0)  # beyond max_rel_diff: never within tolerance
+
+    score, metric = cosine, ("cosine", "min output cosine vs FP32 (held-out samples)")
+    answers = _answer_judge(state, cfg, role, graphs, run_fp32, evals)
+    if answers is not None:
+        score, metric = answers
 
     feed_index = len(evals) // 2
     feed = evals[feed_index]
@@ -246,8 +251,8 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
             seconds = time.perf_counter() - t0
             trials[scheme] = {"path": path, "details": details, "quantize_seconds": round(seconds, 2),
                               "score": score(backend.runner(path)), "latency_ms": timed(path), "bytes": _size(path)}
-            bar.update(note=f"{scheme}: cosine {trials[scheme]['score']:.4f}, {trials[scheme]['latency_ms']:.1f} ms")
-    bound = cfg.fallback.min_cosine if cfg.fallback is not None else None
+            bar.update(note=f"{scheme}: {metric[0]} {trials[scheme]['score']:.4f}, {trials[scheme]['latency_ms']:.1f} ms")
+    bound = cfg.fallback.bound if cfg.fallback is not None else None
     within = [s for s in schemes if bound is None or trials[s]["score"] >= bound]
     if within:
         chosen = min(within, key=lambda s: trials[s]["latency_ms"])
@@ -255,13 +260,13 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
         chosen = "ptq_static" if "ptq_static" in schemes else max(schemes, key=lambda s: trials[s]["score"])
     dst = state.out / f"{role}{backend.suffix}"
     fallback = None
-    if cfg.fallback is not None and cfg.fallback.min_cosine is not None:
+    if bound is not None:
         fallback = _fallback(state, backend, cfg, role, src, model, chosen, trials[chosen], skip, ranges, work,
-                             score, search_feeds)
+                             score, search_feeds, metric)
         kept = ", ".join(k["group"] for k in fallback.kept) or "none"
         if fallback.evaluations > 1:
-            state.log(f"{role}: {chosen} all-INT8 cosine {fallback.score_quantized:.4f} -> "
-                      f"{fallback.score_final:.4f} (tolerance {cfg.fallback.min_cosine}), FP32: {kept}")
+            state.log(f"{role}: {chosen} all-INT8 {metric[0]} {fallback.score_quantized:.4f} -> "
+                      f"{fallback.score_final:.4f} (tolerance {bound}), FP32: {kept}")
     excluded = fallback.excluded_nodes if fallback else set()
     if excluded:
         derived = backend.derive(chosen, trials[chosen]["path"], src, skip | excluded)
@@ -289,7 +294,8 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
               f"{_size(dst) / 1e6:.2f} MB, {before:.2f} -> {after:.2f} ms")
     return {
         "quantized": True, "file": dst.name, "scheme": chosen, **details, "integer_ops": ops,
-        "schemes": {s: {"min_cosine_search": round(t["score"], 6), "latency_ms": round(t["latency_ms"], 3),
+        "schemes": {s: {f"{'min_cosine' if metric[0] == 'cosine' else 'answer_match'}_search": round(t["score"], 6),
+                        "latency_ms": round(t["latency_ms"], 3),
                         "bytes": t["bytes"], "quantize_seconds": t["quantize_seconds"],
                         "within_tolerance": bound is None or t["score"] >= bound} for s, t in trials.items()},
         "scheme_rule": ("the recipe's method" if cfg.method != "auto" else
@@ -312,9 +318,9 @@ def _quantize_graph(state: CompressState, backend: Any, cfg: QuantConfig, role: 
 
 def _fallback(state: CompressState, backend: Any, cfg: QuantConfig, role: str, src: Path, model: onnx.ModelProto,
               scheme: str, trial: dict[str, Any], skip: set[str], ranges: Any, work: Path,
-              score: Callable[[Any], float], search_feeds: Feeds) -> Any:
+              score: Callable[[Any], float], search_feeds: Feeds, metric: tuple[str, str]) -> Any:
     """The mixed-precision search on ``scheme``'s all-INT8 graph (see :mod:`edgevlp.compress.fallback`)."""
-    assert cfg.fallback is not None and cfg.fallback.min_cosine is not None
+    assert cfg.fallback is not None and cfg.fallback.bound is not None
     groups = {g: nodes for g, nodes in node_groups(model).items() if not set(nodes) <= skip}
     base = trial["path"]
     scratch = work / f"{role}.candidate{backend.suffix}"
@@ -330,15 +336,48 @@ def _fallback(state: CompressState, backend: Any, cfg: QuantConfig, role: str, s
         bar.update(0, note="attributing the INT8 noise to layer groups")
         return backend.attribute(src, base, groups, search_feeds)
 
-    kwargs = {"min_score": cfg.fallback.min_cosine, "max_layers": cfg.fallback.max_layers, "base": trial["score"]}
-    if trial["score"] >= cfg.fallback.min_cosine:  # all INT8 within tolerance: nothing to search
+    kwargs = {"min_score": cfg.fallback.bound, "max_layers": cfg.fallback.max_layers, "base": trial["score"],
+              "metric": metric}
+    if trial["score"] >= cfg.fallback.bound:  # all INT8 within tolerance: nothing to search
         result = select_fallback(groups, evaluate, **kwargs)
     else:
         ordered = getattr(backend, "orders_by_attribution", False)
         total = evaluations_bound(len(groups), cfg.fallback.max_layers, ordered) - 1  # the base is measured
         with state.bar(f"{role}: fallback search ({scheme}, at most {total})", total, unit="candidates") as bar:
             result = select_fallback(groups, evaluate, **kwargs, order=order,
-                                     progress=lambda i, s: bar.update(done=i, note=f"last cosine {s:.4f}"))
+                                     progress=lambda i, s: bar.update(done=i, note=f"last {metric[0]} {s:.4f}"))
             bar.close(note=f"{len(result.kept)} group(s) kept FP32")
     result.evaluations += 1  # the all-INT8 graph, scored with the schemes
     return result
+
+
+#: the longest answer a fallback judged on answers generates per held-out prompt (as calibration does)
+ANSWER_TOKENS = 16
+
+
+def _answer_judge(state: CompressState, cfg: QuantConfig, role: str, graphs: dict[str, Path], run_fp32: Any,
+                  evals: Feeds) -> tuple[Callable[[Any], float], tuple[str, str]] | None:
+    """With ``fallback.min_answer_match``: a score of a candidate ``role`` graph, the fraction of held-out
+    prompts whose whole greedy answer equals FP32's (the candidate on its own KV cache)."""
+    if cfg.fallback is None or cfg.fallback.min_answer_match is None:
+        return None
+    from edgevlp.tasks import get_task
+
+    task = get_task(state.adapter.task)
+    if task.answer_role != role:
+        where = f"the {task.answer_role!r} graph's table" if task.answer_role else "a generating decoder's table"
+        raise InputError(f"fallback.min_answer_match judges greedy answers: it belongs in {where} "
+                         f"([stages.quant.graphs.ROLE.fallback]), not {role!r}'s ({task.name} model)")
+    t0 = time.perf_counter()
+    ref = task.answers(state.adapter, graphs, run_fp32, evals, max_new_tokens=ANSWER_TOKENS)
+    if not ref:
+        raise InputError(f"{role}: no held-out prompts to judge answers on; raise calibration.size")
+    state.log(f"{role}: judged on {len(ref)} greedy answers of up to {ANSWER_TOKENS} tokens "
+              f"(FP32 in {time.perf_counter() - t0:.1f}s)")
+
+    def answer_match(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> float:
+        got = task.answers(state.adapter, graphs, run, evals, max_new_tokens=ANSWER_TOKENS)
+        return sum(a == b for a, b in zip(got, ref)) / len(ref)
+
+    return answer_match, ("answer match", f"greedy answers equal to FP32's (fraction of {len(ref)} held-out "
+                                          f"prompts, up to {ANSWER_TOKENS} tokens)")

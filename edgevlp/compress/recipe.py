@@ -290,13 +290,22 @@ class FallbackConfig(_Config):
     task metric (CIDEr / mAP@.5), e.g. 0.01 for 99 % of FP32. ``max_rel_diff`` (optional, with
     ``min_cosine``): also require max |INT8 - FP32| <= max_rel_diff * max |FP32| per output (what
     `edgevlp export`'s parity checks, atol aside). ``max_layers`` caps how many layer groups may be kept
-    in FP32.
+    in FP32. ``min_answer_match`` (a generating decoder's table, e.g. a VLM's
+    ``[stages.quant.graphs.decoder.fallback]``): judge the candidates on whole answers instead of one
+    step's outputs: at least this fraction of the held-out prompts must get a greedy answer token for
+    token equal to FP32's (1.0: every one), the candidate decoder running on its own KV cache.
     """
 
     min_cosine: float | None = None
     max_metric_drop: float | None = None
     max_rel_diff: float | None = None
     max_layers: int = 16
+    min_answer_match: float | None = None
+
+    @property
+    def bound(self) -> float | None:
+        """The tolerance the fallback search holds the graph to (answers first, then cosine)."""
+        return self.min_answer_match if self.min_answer_match is not None else self.min_cosine
 
     def _validate(self) -> None:
         if self.min_cosine is not None:
@@ -309,8 +318,12 @@ class FallbackConfig(_Config):
             if self.min_cosine is None:
                 raise self._fail("min_cosine", "a min_cosine to go with max_rel_diff")
         self._range("max_layers", "an integer in 0..10000", 0 <= self.max_layers <= 10_000)
-        if self.min_cosine is None and self.max_metric_drop is None:
-            raise self._fail("min_cosine", "min_cosine and/or max_metric_drop (omit [fallback] to disable it)")
+        if self.min_answer_match is not None:
+            self._range("min_answer_match", "a fraction with 0 < min_answer_match <= 1",
+                        0 < self.min_answer_match <= 1)
+        if self.min_cosine is None and self.max_metric_drop is None and self.min_answer_match is None:
+            raise self._fail("min_cosine", "min_cosine, min_answer_match and/or max_metric_drop (omit [fallback] "
+                             "to disable it)")
 
 
 @dataclass(frozen=True)

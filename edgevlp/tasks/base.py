@@ -73,6 +73,15 @@ class Task(ABC):
         """Feeds (role -> input dicts, batch 1) for every graph, from preprocessed ``pixels`` of
         ``frames`` (FP32 ONNX ``graphs`` by role, for graphs fed by earlier ones)."""
 
+    #: the graph role whose quantisation a fallback may judge on whole greedy answers (``answers``)
+    answer_role: str | None = None
+
+    def answers(self, adapter: Any, graphs: dict[str, Path], run: Any, feeds: list[dict[str, Any]], *,
+                max_new_tokens: int) -> list[list[int]]:
+        """Greedy answer tokens with ``run`` (a candidate graph of :attr:`answer_role`) from the prompts
+        among its calibration ``feeds``, the other graphs FP32 (``graphs``)."""
+        raise NotImplementedError(f"task {self.name!r} has no answers to judge a fallback on")
+
     @abstractmethod
     def run_forward(self, adapter: Any, batch: Any) -> None:
         """One forward pass over ``batch`` as deployed (for hooks that observe activations)."""

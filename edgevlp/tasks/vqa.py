@@ -101,6 +101,14 @@ class VQATask(Task):
 
         return assistant_feeds(adapter, graphs, frames, max_new_tokens)
 
+    answer_role = "decoder"
+
+    def answers(self, adapter: Any, graphs: dict[str, Path], run: Any, feeds: list[dict[str, Any]], *,
+                max_new_tokens: int) -> list[list[int]]:
+        from edgevlp.compress.calib import assistant_answers
+
+        return assistant_answers(adapter, graphs, run, feeds, max_new_tokens)
+
     def run_forward(self, adapter: Any, batch: Any) -> None:
         features, questions, answers = _own_answers(adapter, batch.pixel_values)
         _answer_logits(adapter, features, questions, answers)
