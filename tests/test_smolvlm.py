@@ -90,6 +90,33 @@ def test_bundle_parity_and_names(bundles, arch, target) -> None:
         assert subprocess.run(["bash", "-n", str(path / "build_engines.sh")]).returncode == 0
 
 
+@pytest.mark.parametrize("target", ["cpu", "openvino"])
+def test_a_batch_of_questions_answers_as_batched_generate(bundles, photos_bgr, photos_rgb, target) -> None:
+    """``ask_many``: two questions of different lengths about one frame, one left-padded prefill and one
+    decode loop: each row's greedy tokens are transformers' batched ``generate``'s (up to its eos) and the
+    same as asking alone; the answers differ, so the rows are not mixed up."""
+    from edgevlp.runtime import load
+
+    arch = "SmolVLMForConditionalGeneration"
+    adapter, vlm = FAMILIES[arch].tiny(), load(bundles(arch, target))
+    questions = ["is there a cat?", "what colour is the big square on the left of the picture?"]
+    eos = int(adapter.generation_settings()["eos_token_id"])
+    for photo in ("chelsea", "astronaut"):
+        answers = vlm.ask_many(photos_bgr[photo], questions, max_new_tokens=8)
+        ref = adapter.answer_ids(photos_rgb[photo], questions, max_new_tokens=8).tolist()
+        for answer, row in zip(answers, ref):
+            expect = row[:row.index(eos) + 1] if eos in row else row
+            assert answer.token_ids == expect, (photo, answer.token_ids, row)
+        assert answers[0].token_ids != answers[1].token_ids
+        assert [vlm.ask(photos_bgr[photo], q, max_new_tokens=8).token_ids for q in questions] == \
+            [a.token_ids for a in answers]
+        assert answers[0].prompt_tokens < answers[1].prompt_tokens and answers[0].timings["batch"] == 2
+    with pytest.raises(InputError, match="non-empty list"):
+        vlm.ask_many(photos_bgr["chelsea"], "is there a cat?")
+    with pytest.raises(InputError, match="stream"):
+        vlm.ask_many(photos_bgr["chelsea"], questions, stream=print)
+
+
 def test_ask_streams_samples_and_times(bundles, photos_bgr) -> None:
     from edgevlp.runtime import Answer, Assistant, load
 

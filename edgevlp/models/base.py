@@ -362,20 +362,28 @@ class AssistantAdapter(ModelAdapter):
     def generation_settings(self) -> dict[str, Any]:
         """eos (end of turn) and pad token ids and the longest context."""
 
-    def reference_inputs(self, rgb: Any, question: str, splitting: bool | None = None) -> dict[str, torch.Tensor]:
+    def reference_inputs(self, rgb: Any, question: str | list[str], splitting: bool | None = None
+                         ) -> dict[str, torch.Tensor]:
         """What the transformers processor gives for one RGB uint8 image and a question (the chat
         template applied, one user turn, generation prompt added); ``splitting`` overrides the
-        processor's ``do_image_splitting``."""
+        processor's ``do_image_splitting``. A list of questions about the same image is one batch,
+        left-padded (as batched ``generate`` needs)."""
         proc = self.processor(splitting)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        text = proc.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = dict(proc(text=text, images=[[rgb]], return_tensors="pt"))
+        questions = [question] if isinstance(question, str) else list(question)
+        texts = [proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                                          add_generation_prompt=True) for q in questions]
+        if len(texts) == 1:
+            inputs = dict(proc(text=texts[0], images=[[rgb]], return_tensors="pt"))
+        else:
+            proc.tokenizer.padding_side = "left"
+            inputs = dict(proc(text=texts, images=[[rgb]] * len(texts), padding=True, return_tensors="pt"))
         inputs.pop("token_type_ids", None)  # the tokenizer's, not a model input
         return inputs
 
-    def answer_ids(self, rgb: Any, question: str, max_new_tokens: int = 20, *, splitting: bool | None = None,
-                   **kwargs: Any) -> torch.Tensor:
-        """The answer's token ids from transformers ``generate`` (greedy by default; the prompt stripped)."""
+    def answer_ids(self, rgb: Any, question: str | list[str], max_new_tokens: int = 20, *,
+                   splitting: bool | None = None, **kwargs: Any) -> torch.Tensor:
+        """The answer's token ids from transformers ``generate`` (greedy by default; the prompt stripped;
+        one row per question, a finished row padded with the pad id)."""
         inputs = self.reference_inputs(rgb, question, splitting)
         settings = {"do_sample": False, "num_beams": 1, **kwargs}
         with torch.no_grad():

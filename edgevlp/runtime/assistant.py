@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,9 +115,11 @@ class Assistant(BundleModel):
                  for i in range(0, pixel_values.shape[1], step)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _step(self, embeds: np.ndarray, cache: dict[str, np.ndarray], length: int) -> np.ndarray:
-        """Run the decoder on ``embeds`` after ``length`` cached positions; grows ``cache`` in place."""
-        out = self.decoder.run(step_feeds(embeds, cache, length))
+    def _step(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+              cache: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the decoder on ``embeds`` (batch, n, hidden) with the attention ``mask`` over cache + new
+        positions; grows ``cache`` in place; the last position's logits (batch, vocab)."""
+        out = self.decoder.run({"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, **cache})
         for past, present in zip(self._past, self._present):
             cache[past.name] = out[present]
         return out["logits"][:, -1, :]
@@ -138,10 +140,32 @@ class Assistant(BundleModel):
         Example:
             >>> vlm.ask(frame_bgr, "How many people?", max_new_tokens=8, stream=print)   # doctest: +SKIP
         """
+        return self.ask_many(frame, [question], max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                             repetition_penalty=repetition_penalty, seed=seed, image_splitting=image_splitting,
+                             stream=stream)[0]
+
+    def ask_many(self, frame: np.ndarray, questions: Sequence[str | None], *, max_new_tokens: int | None = None,
+                 min_new_tokens: int = 0, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
+                 image_splitting: bool | None = None, stream: Callable[[str], None] | None = None) -> list[Answer]:
+        """Answer several questions about one frame in one batch: the image is encoded once, the prompts
+        are left-padded into one prefill and decoded together (each row stops at its own eos), as
+        transformers ``generate`` does with a left-padded batch. Settings as :meth:`ask`; ``stream``
+        only for one question.
+
+        Example:
+            >>> [a.text for a in vlm.ask_many(frame_bgr, ["What colour is it?", "How many?"])]  # doctest: +SKIP
+        """
         check_frame(frame, "ask()")
-        question = self.prompt.get("default_prompt", "") if question is None else question
-        if not isinstance(question, str) or not question.strip():
+        if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
+            raise InputError("ask_many() takes a non-empty list of questions (ask() takes one)")
+        default = self.prompt.get("default_prompt", "")
+        questions = [default if q is None else q for q in questions]
+        if any(not isinstance(q, str) or not q.strip() for q in questions):
             raise InputError("ask() takes a non-empty question string (or none: the bundle's default prompt)")
+        if stream is not None and len(questions) > 1:
+            raise InputError("stream= follows one answer: ask one question per call to stream it")
         max_new = int(self.generation.get("max_new_tokens", 64) if max_new_tokens is None else max_new_tokens)
         _check_sampling(max_new, min_new_tokens, temperature, top_k, top_p, repetition_penalty)
         from edgevlp.runtime.vlm_processing import split_image
@@ -151,50 +175,75 @@ class Assistant(BundleModel):
         spec = self.split_spec if image_splitting is None else \
             dataclasses.replace(self.split_spec, do_image_splitting=bool(image_splitting))
         split = split_image(frame, spec)
-        ids = self.prompt_ids(question, split.rows, split.cols)
+        prompts = [self.prompt_ids(q, split.rows, split.cols) for q in questions]
         limit = self.generation.get("max_length")
-        if limit is not None and len(ids) + max_new > int(limit):
-            raise InputError(f"the prompt is {len(ids)} tokens ({split.pixel_values.shape[1]} images of "
+        longest = max(len(ids) for ids in prompts)
+        if limit is not None and longest + max_new > int(limit):
+            raise InputError(f"the prompt is {longest} tokens ({split.pixel_values.shape[1]} images of "
                              f"{self.prompt['image_seq_len']} tokens and the question) and {max_new} new tokens "
                              f"would pass the model's context of {limit}: shorten the question, lower "
                              "max_new_tokens, or pass image_splitting=False")
         t1 = time.perf_counter()
         features = self.encode(split.pixel_values, split.pixel_attention_mask)
         t2 = time.perf_counter()
-        cache = {t.name: np.zeros((1, int(t.shape[1]), 0, int(t.shape[3])), np.float32) for t in self._past}
-        logits = self._step(self.prefill_embeddings(ids, features), cache, 0)
+        rows = len(prompts)
+        pad = int(self.generation.get("pad_token_id") or 0)
+        ids = np.full((rows, longest), pad, np.int64)
+        mask = np.zeros((rows, longest), np.int64)
+        for i, row in enumerate(prompts):  # left padding: every row's last position is its own last token
+            ids[i, longest - len(row):] = row
+            mask[i, longest - len(row):] = 1
+        embeds = self.embed.run({"input_ids": ids})["inputs_embeds"]
+        for i in range(rows):
+            merge_image_features(embeds[i:i + 1], ids[i].tolist(), features, self.image_token_id)
+        positions = np.where(mask == 1, mask.cumsum(1) - 1, 1)  # as generate: padding at position 1
+        cache = {t.name: np.zeros((rows, int(t.shape[1]), 0, int(t.shape[3])), np.float32) for t in self._past}
+        logits = self._step(embeds, mask, positions, cache)
         t3 = time.perf_counter()
         eos = self.generation.get("eos_token_id")
         stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         rng = np.random.default_rng(seed)
-        seen = list(ids)
-        answer: list[int] = []
+        seen = [list(row) for row in prompts]
+        answers: list[list[int]] = [[] for _ in prompts]
+        open_rows = list(range(rows))
         shown = ""
+        steps = 0
         while True:
             scores = logits.astype(np.float32, copy=True)
             if repetition_penalty != 1.0:
-                apply_repetition_penalty(scores, np.asarray([seen]), repetition_penalty)
-            if len(answer) < min_new_tokens and stops:
+                for i in open_rows:
+                    apply_repetition_penalty(scores[i:i + 1], np.asarray([seen[i]]), repetition_penalty)
+            if steps < min_new_tokens and stops:
                 scores[:, sorted(stops)] = -np.inf
-            token = _sample(scores[0], temperature, top_k, top_p, rng) if do_sample else int(scores[0].argmax())
-            answer.append(token)
-            seen.append(token)
+            tokens = np.full((rows, 1), pad, np.int64)  # a finished row goes on with padding, as generate's
+            for i in open_rows:
+                token = _sample(scores[i], temperature, top_k, top_p, rng) if do_sample else int(scores[i].argmax())
+                answers[i].append(token)
+                seen[i].append(token)
+                tokens[i, 0] = token
+            steps += 1
             if stream is not None:
-                text = self.tokenizer.decode(answer)
+                text = self.tokenizer.decode(answers[0])
                 if text != shown:
                     stream(text[len(shown):] if text.startswith(shown) else text)
                     shown = text
-            if token in stops or len(answer) >= max_new:
+            open_rows = [i for i in open_rows if answers[i][-1] not in stops and steps < max_new]
+            if not open_rows:
                 break
-            embeds = self.embed.run({"input_ids": np.asarray([[token]], np.int64)})["inputs_embeds"]
-            logits = self._step(embeds, cache, len(seen) - 1)
+            embeds = self.embed.run({"input_ids": tokens})["inputs_embeds"]
+            mask = np.concatenate([mask, np.ones((rows, 1), np.int64)], axis=1)
+            positions = positions[:, -1:] + 1
+            logits = self._step(embeds, mask, positions, cache)
         t4 = time.perf_counter()
         timings.update(preprocess=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3, prefill=(t3 - t2) * 1e3,
                        decode=(t4 - t3) * 1e3)
-        if len(answer) > 1:
-            timings["decode_per_token"] = (t4 - t3) * 1e3 / (len(answer) - 1)
-        return Answer(text=self.tokenizer.decode(answer), token_ids=answer, prompt_tokens=len(ids),
-                      images=int(split.pixel_values.shape[1]), timings=timings)
+        if steps > 1:
+            timings["decode_per_token"] = (t4 - t3) * 1e3 / (steps - 1)
+        if rows > 1:
+            timings["batch"] = float(rows)
+        return [Answer(text=self.tokenizer.decode(a), token_ids=a, prompt_tokens=len(p),
+                       images=int(split.pixel_values.shape[1]), timings=dict(timings))
+                for a, p in zip(answers, prompts)]
 
     def caption(self, frame: np.ndarray, **generation: Any) -> Answer:
         """:meth:`ask` with the bundle's default (captioning) prompt."""
