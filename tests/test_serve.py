@@ -282,6 +282,46 @@ def test_concurrent_clients_are_batched(server, photos_bgr):
     assert count == 24 and execs < count, (count, execs)
 
 
+def test_concurrent_questions_are_batched_and_answer_as_alone(server, exported, photos_bgr):
+    """VQA requests of one dynamic batch (different frames, questions and budgets) share one prefill
+    and decode loop in the BLS model, and each gets the tokens the in-process runtime gives it alone;
+    a request whose budget passes the context fails alone."""
+    from edgevlp.runtime import load
+    from edgevlp.serve import Client
+
+    local = load(exported(VLM))
+    asks = [(photo, question, budget) for photo in ("astronaut", "coffee")
+            for question, budget in (("what is in the image?", 8), ("how many cups are there on the table?", 3),
+                                     (None, 6), ("is it red?", 8))]
+    want = [local.ask(photos_bgr[p], q, max_new_tokens=n).token_ids for p, q, n in asks]
+    assert len({tuple(w) for w in want}) > 2, "the tiny VLM must depend on its input for this test to mean anything"
+    before = (_metric(server, "nv_inference_count", "vlm"), _metric(server, "nv_inference_exec_count", "vlm"))
+    got: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        photo, question, budget = asks[k]
+        try:
+            got[k] = Client(server.grpc_url).ask(photos_bgr[photo], question, max_new_tokens=budget).token_ids
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(asks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert [got[k] for k in range(len(asks))] == want
+    count = _metric(server, "nv_inference_count", "vlm") - before[0]
+    execs = _metric(server, "nv_inference_exec_count", "vlm") - before[1]
+    assert count == len(asks) and execs < count, (count, execs)
+    with pytest.raises(ServerError, match="MAX_NEW_TOKENS must be in 1.."):
+        Client(server.grpc_url).ask(photos_bgr["coffee"], "what?", max_new_tokens=0)
+    with pytest.raises(ServerError, match="pass the model's context"):  # in range, but not after its prompt
+        Client(server.grpc_url).ask(photos_bgr["coffee"], "what?", max_new_tokens=int(local.generation["max_length"]) - 1)
+
+
 def test_bad_requests_get_errors_and_the_server_stays_up(server, client, photos_bgr):
     import tritonclient.grpc as grpcclient
 

@@ -111,6 +111,13 @@ def test_a_batch_of_questions_answers_as_batched_generate(bundles, photos_bgr, p
         assert [vlm.ask(photos_bgr[photo], q, max_new_tokens=8).token_ids for q in questions] == \
             [a.token_ids for a in answers]
         assert answers[0].prompt_tokens < answers[1].prompt_tokens and answers[0].timings["batch"] == 2
+    frames = [photos_bgr["chelsea"], photos_bgr["astronaut"], photos_bgr["chelsea"]]  # one frame twice
+    batch = vlm.ask_batch(frames, [questions[1], questions[0], None], max_new_tokens=8)
+    alone = [vlm.ask(f, q, max_new_tokens=8) for f, q in zip(frames, [questions[1], questions[0], None])]
+    assert [a.token_ids for a in batch] == [a.token_ids for a in alone]
+    assert len({tuple(a.token_ids) for a in batch}) == 3 and batch[0].timings["batch"] == 3
+    with pytest.raises(InputError, match="one frame per question"):
+        vlm.ask_batch(frames[:2], questions[:1])
     with pytest.raises(InputError, match="non-empty list"):
         vlm.ask_many(photos_bgr["chelsea"], "is there a cat?")
     with pytest.raises(InputError, match="stream"):

@@ -145,10 +145,7 @@ class Assistant(BundleModel):
                              repetition_penalty=repetition_penalty, seed=seed, image_splitting=image_splitting,
                              stream=stream)[0]
 
-    def ask_many(self, frame: np.ndarray, questions: Sequence[str | None], *, max_new_tokens: int | None = None,
-                 min_new_tokens: int = 0, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                 image_splitting: bool | None = None, stream: Callable[[str], None] | None = None) -> list[Answer]:
+    def ask_many(self, frame: np.ndarray, questions: Sequence[str | None], **settings: Any) -> list[Answer]:
         """Answer several questions about one frame in one batch: the image is encoded once, the prompts
         are left-padded into one prefill and decoded together (each row stops at its own eos), as
         transformers ``generate`` does with a left-padded batch. Settings as :meth:`ask`; ``stream``
@@ -157,9 +154,31 @@ class Assistant(BundleModel):
         Example:
             >>> [a.text for a in vlm.ask_many(frame_bgr, ["What colour is it?", "How many?"])]  # doctest: +SKIP
         """
-        check_frame(frame, "ask()")
         if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
             raise InputError("ask_many() takes a non-empty list of questions (ask() takes one)")
+        return self.ask_batch([frame] * len(questions), questions, **settings)
+
+    def ask_batch(self, frames: Sequence[np.ndarray], questions: Sequence[str | None], *,
+                  max_new_tokens: int | None = None, min_new_tokens: int = 0, do_sample: bool = False,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                  seed: int | None = None, image_splitting: bool | None = None,
+                  stream: Callable[[str], None] | None = None) -> list[Answer]:
+        """Answer ``questions[i]`` about ``frames[i]`` for every i in one batch (what a server does with
+        the requests of a dynamic batch): each distinct frame (by identity) is split and encoded once,
+        the prompts are left-padded into one prefill and decoded together, each row stopping at its own
+        eos. Greedy rows are independent: each gets the tokens :meth:`ask` gives it alone. Settings as
+        :meth:`ask`; ``stream`` only for one row.
+
+        Example:
+            >>> answers = vlm.ask_batch([front_bgr, back_bgr], ["Is the door open?", "How many cars?"])  # doctest: +SKIP
+        """
+        if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
+            raise InputError("ask_batch() takes a non-empty list of questions (ask() takes one)")
+        if not isinstance(frames, Sequence) or len(frames) != len(questions):
+            raise InputError(f"ask_batch() takes one frame per question: {len(questions)} questions, "
+                             f"{len(frames) if isinstance(frames, Sequence) else 'no list of'} frames")
+        for frame in frames:
+            check_frame(frame, "ask()")
         default = self.prompt.get("default_prompt", "")
         questions = [default if q is None else q for q in questions]
         if any(not isinstance(q, str) or not q.strip() for q in questions):
@@ -174,17 +193,23 @@ class Assistant(BundleModel):
         t0 = time.perf_counter()
         spec = self.split_spec if image_splitting is None else \
             dataclasses.replace(self.split_spec, do_image_splitting=bool(image_splitting))
-        split = split_image(frame, spec)
-        prompts = [self.prompt_ids(q, split.rows, split.cols) for q in questions]
+        image_of: dict[int, int] = {}  # id(frame) -> index into splits
+        for frame in frames:
+            image_of.setdefault(id(frame), len(image_of))
+        distinct = {id(f): f for f in frames}
+        splits = [split_image(distinct[key], spec) for key in image_of]
+        row_split = [splits[image_of[id(f)]] for f in frames]
+        prompts = [self.prompt_ids(q, s.rows, s.cols) for q, s in zip(questions, row_split)]
         limit = self.generation.get("max_length")
         longest = max(len(ids) for ids in prompts)
         if limit is not None and longest + max_new > int(limit):
-            raise InputError(f"the prompt is {longest} tokens ({split.pixel_values.shape[1]} images of "
+            images = max(s.pixel_values.shape[1] for s in splits)
+            raise InputError(f"the prompt is {longest} tokens ({images} images of "
                              f"{self.prompt['image_seq_len']} tokens and the question) and {max_new} new tokens "
                              f"would pass the model's context of {limit}: shorten the question, lower "
                              "max_new_tokens, or pass image_splitting=False")
         t1 = time.perf_counter()
-        features = self.encode(split.pixel_values, split.pixel_attention_mask)
+        features = [self.encode(s.pixel_values, s.pixel_attention_mask) for s in splits]
         t2 = time.perf_counter()
         rows = len(prompts)
         pad = int(self.generation.get("pad_token_id") or 0)
@@ -194,8 +219,8 @@ class Assistant(BundleModel):
             ids[i, longest - len(row):] = row
             mask[i, longest - len(row):] = 1
         embeds = self.embed.run({"input_ids": ids})["inputs_embeds"]
-        for i in range(rows):
-            merge_image_features(embeds[i:i + 1], ids[i].tolist(), features, self.image_token_id)
+        for i, frame in enumerate(frames):
+            merge_image_features(embeds[i:i + 1], ids[i].tolist(), features[image_of[id(frame)]], self.image_token_id)
         positions = np.where(mask == 1, mask.cumsum(1) - 1, 1)  # as generate: padding at position 1
         cache = {t.name: np.zeros((rows, int(t.shape[1]), 0, int(t.shape[3])), np.float32) for t in self._past}
         logits = self._step(embeds, mask, positions, cache)
@@ -243,7 +268,7 @@ class Assistant(BundleModel):
             timings["batch"] = float(rows)
         return [Answer(text=self.tokenizer.decode(a), token_ids=a, prompt_tokens=len(p),
                        images=int(split.pixel_values.shape[1]), timings=dict(timings))
-                for a, p in zip(answers, prompts)]
+                for a, p, split in zip(answers, prompts, row_split)]
 
     def caption(self, frame: np.ndarray, **generation: Any) -> Answer:
         """:meth:`ask` with the bundle's default (captioning) prompt."""

@@ -204,7 +204,8 @@ def _assistant(w: _Writer) -> None:
     """One Python BLS model answering each request's QUESTION (UTF-8; none: the bundle's default
     prompt) about its IMAGE: tiles through the vision leaf, the prompt through ``embed_tokens``, prefill
     and KV-cache decode on the decoder leaf (the runtime's :class:`~edgevlp.runtime.Assistant`). The
-    requests of a batch are answered one after another (their prompts differ in length)."""
+    requests of a dynamic batch are answered together: one left-padded prefill, one decode loop
+    (:mod:`edgevlp.serve.models.assistant`)."""
     graphs = w.manifest.graphs
     leaves = {role: w.leaf_model(g, wait=False, batch_dim_max=w.batch_max(g)) for role, g in graphs.items()}
     w.python_model(w.name, "assistant", f"{w.name} visual question answering (BLS over "
@@ -212,7 +213,7 @@ def _assistant(w: _Writer) -> None:
                    inputs=[_image_input(), _io(QUESTION, "bytes", [1], optional=True),
                            _io(MAX_NEW_TOKENS, "int32", [1], optional=True)],
                    outputs=[_io(TEXT, "bytes", [1]), _io(TOKEN_IDS, "int64", [-1])],
-                   batch=w.settings.max_batch_size, wait=False,
+                   batch=w.settings.max_batch_size, wait=True,
                    parameters={"edgevlp_task": "vqa", "edgevlp_leaves": leaves})
 
 

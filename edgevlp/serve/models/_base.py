@@ -114,6 +114,38 @@ def frame_of(request: Any) -> np.ndarray:
     return image[0]
 
 
+def budget(request: Any, default: int, limit: int) -> int:
+    """The request's MAX_NEW_TOKENS (``default`` when absent), checked to be in 1..``limit``."""
+    value = tensor(request, "MAX_NEW_TOKENS", required=False)
+    if value is None:
+        return default
+    flat = np.asarray(value).reshape(-1)
+    if flat.size != 1:
+        raise InputError(f"MAX_NEW_TOKENS must be one number, got {flat.size}")
+    n = int(flat[0])
+    if not 1 <= n <= limit:
+        raise InputError(f"MAX_NEW_TOKENS must be in 1..{limit}, got {n}")
+    return n
+
+
+def truncate(tokens: Sequence[int] | np.ndarray, budget: int, eos: int | list[int] | None) -> list[int]:
+    """A generated row cut to its own ``budget`` and to its first eos (kept): what a run with that budget
+    alone gives, for greedy rows decoded in step with longer ones."""
+    out = [int(t) for t in tokens[:budget]]
+    stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    for k, t in enumerate(out):
+        if t in stops:
+            return out[:k + 1]
+    return out
+
+
+def text_response(text: str, tokens: Sequence[int]) -> Any:
+    """A TEXT + TOKEN_IDS response (captioner and assistant)."""
+    return pb_utils.InferenceResponse([
+        pb_utils.Tensor("TEXT", np.array([[text.encode("utf-8")]], dtype=object)),
+        pb_utils.Tensor("TOKEN_IDS", np.array([list(tokens)], dtype=np.int64))])
+
+
 def per_request(requests: Sequence[Any], work: Callable[[Any], Any]) -> list[Any]:
     """``work(request)`` for each request; a failing one gets its error response, the others go on."""
     out = []

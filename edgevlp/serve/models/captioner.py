@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from edgevlp.errors import InputError
 from edgevlp.runtime.captioner import Captioner
-from edgevlp.serve.models._base import PythonModel, error, frame_of, pb_utils, tensor
+from edgevlp.serve.models._base import PythonModel, budget, error, frame_of, text_response, truncate
 
 __all__ = ["TritonPythonModel"]
 
@@ -25,35 +24,21 @@ class TritonPythonModel(PythonModel):
         self.default_max = int(self.manifest.generation.get("max_new_tokens", 20))
         self.limit = int(self.manifest.generation.get("max_length", 512)) - 1
 
-    def _budget(self, request: Any) -> int:
-        value = tensor(request, "MAX_NEW_TOKENS", required=False)
-        if value is None:
-            return self.default_max
-        n = int(np.asarray(value).reshape(-1)[0])
-        if not 1 <= n <= self.limit:
-            raise InputError(f"MAX_NEW_TOKENS must be in 1..{self.limit}, got {n}")
-        return n
-
     def respond(self, requests: Sequence[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         pixels, budgets, rows = [], [], []
         for i, r in enumerate(requests):
             try:
-                budget = self._budget(r)
+                n = budget(r, self.default_max, self.limit)
                 pixels.append(self.captioner.preprocess(frame_of(r)))
-                budgets.append(budget)
+                budgets.append(n)
                 rows.append(i)
             except Exception as err:  # noqa: BLE001 - a bad request is answered alone
                 responses[i] = error(err)
         if rows:
             ids = self.captioner.generate(np.concatenate(pixels), max_new_tokens=max(budgets))
             eos = self.manifest.generation.get("eos_token_id")
-            for row, i, budget in zip(range(len(rows)), rows, budgets):
-                tokens = [int(t) for t in ids[row][:budget]]
-                if eos is not None and int(eos) in tokens:
-                    tokens = tokens[: tokens.index(int(eos)) + 1]
-                text = self.tokenizer.decode(tokens)
-                responses[i] = pb_utils.InferenceResponse([
-                    pb_utils.Tensor("TEXT", np.array([[text.encode("utf-8")]], dtype=object)),
-                    pb_utils.Tensor("TOKEN_IDS", np.array([tokens], dtype=np.int64))])
+            for row, i, n in zip(range(len(rows)), rows, budgets):
+                tokens = truncate(ids[row], n, eos)
+                responses[i] = text_response(self.tokenizer.decode(tokens), tokens)
         return responses
