@@ -63,21 +63,24 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str]:
     return parsed.hostname, port, prefix
 
 
+def check_text(value: Any, what: str, limit: int) -> str:
+    """One line of text a remote sent (a prompt, a question): non-empty, at most ``limit`` characters,
+    no control characters; stripped."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{what} must be non-empty text")
+    if len(value) > limit:
+        raise InputError(f"{what} is {len(value)} characters long; at most {limit} are accepted")
+    if any(ord(c) < 32 for c in value):
+        raise InputError(f"{what} must not contain control characters")
+    return value.strip()
+
+
 def check_prompts(value: Any) -> list[str]:
     if not isinstance(value, list):
         raise InputError("prompts must be a JSON list of strings, e.g. [\"person\", \"red cup\"]")
     if not 1 <= len(value) <= MAX_PROMPTS:
         raise InputError(f"give 1 to {MAX_PROMPTS} prompts, got {len(value)}")
-    out = []
-    for p in value:
-        if not isinstance(p, str) or not p.strip():
-            raise InputError("each prompt must be a non-empty string")
-        if len(p) > MAX_PROMPT_CHARS:
-            raise InputError(f"a prompt is {len(p)} characters long; at most {MAX_PROMPT_CHARS} are accepted")
-        if any(ord(c) < 32 for c in p):
-            raise InputError("prompts must not contain control characters")
-        out.append(p.strip())
-    return out
+    return [check_text(p, "a prompt", MAX_PROMPT_CHARS) for p in value]
 
 
 def check_threshold(value: Any) -> float:
@@ -88,11 +91,6 @@ def check_threshold(value: Any) -> float:
 
 
 def check_question(value: Any) -> str:
-    """A question for the app's VLM: non-empty text of at most :data:`MAX_QUESTION_CHARS` characters."""
-    if not isinstance(value, str) or not value.strip():
-        raise InputError("the question must be non-empty text, e.g. \"is anyone at the door?\"")
-    if len(value) > MAX_QUESTION_CHARS:
-        raise InputError(f"the question is {len(value)} characters long; at most {MAX_QUESTION_CHARS} are accepted")
-    if any(ord(c) < 32 for c in value):
-        raise InputError("the question must not contain control characters")
-    return value.strip()
+    """A question for the app's VLM: non-empty text of at most :data:`MAX_QUESTION_CHARS` characters,
+    e.g. "is anyone at the door?"."""
+    return check_text(value, "the question", MAX_QUESTION_CHARS)

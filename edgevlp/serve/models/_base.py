@@ -49,8 +49,7 @@ class PythonModel:
     subclasses implement :meth:`respond` (requests -> responses, in order)."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        self.model_config = json.loads(args["model_config"])
-        self.params = {k: v["string_value"] for k, v in self.model_config.get("parameters", {}).items()}
+        self.model_config, self.params = model_config(args)
         self.repository = Path(args["model_repository"]).parent
         self.bundle_dir = self.repository / self.params["edgevlp_bundle"]
         # the repository's files were hashed as a whole (edgevlp serve checks them); the bundle's
@@ -82,6 +81,12 @@ class PythonModel:
 
     def finalize(self) -> None:
         pass
+
+
+def model_config(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The model's config (``initialize``'s ``args``) and its string parameters."""
+    config = json.loads(args["model_config"])
+    return config, {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
 def error(err: BaseException | str) -> Any:

@@ -16,15 +16,14 @@ import numpy as np
 
 from edgevlp.bundle import GraphSpec
 from edgevlp.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from edgevlp.serve.models._base import error, pb_utils
+from edgevlp.serve.models._base import error, model_config, pb_utils
 
 __all__ = ["TritonPythonModel"]
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        _, params = model_config(args)
         self.graph = GraphSpec.from_dict(json.loads(params["edgevlp_graph"]))
         root = Path(args["model_repository"]) / args["model_version"]
         # the repository's sessions share the cores: idle threads sleep instead of spinning
