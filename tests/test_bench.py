@@ -42,6 +42,20 @@ def test_bench_writes_table_json_and_plot(exported, tmp_path) -> None:
     assert image.shape[1] > image.shape[0] > 200 and image.std() > 5  # two panels, not blank
 
 
+def test_bench_vqa_bundle_beside_transformers(exported, tmp_path) -> None:
+    """A VLM bundle's row (VQA accuracy, time to first token, decode per token) beside the transformers
+    reference it was exported from, on the same frames and the same number of new tokens."""
+    bundle = str(exported("SmolVLMForConditionalGeneration"))
+    rows = run_bench([bundle], data="shapes:val", n=2, frames=2, max_new_tokens=4, output=tmp_path, progress=False)
+    assert [(r.task, r.engine) for r in rows] == [("vqa", "onnxruntime"), ("vqa", "pytorch")]
+    ours, ref = rows
+    assert ours.model == ref.model and ours.metric_name == ref.metric_name == "vqa_accuracy"
+    for row in rows:
+        assert row.metric is not None and 0 <= row.metric <= 1 and row.tokens == 4
+        assert 0 < row.latency_ms["total"]["p50"] and row.decode_ms_per_token and row.decode_ms_per_token > 0
+    assert "transformers" in ref.name and "transformers" in (tmp_path / "bench.md").read_text()
+
+
 def test_pareto_front() -> None:
     def row(metric: float, p50: float) -> BenchRow:
         return BenchRow("m", "caption", "e", "fp32", "cider", metric, {"total": {"p50": p50, "p90": p50}})
