@@ -193,12 +193,11 @@ class Assistant(BundleModel):
         t0 = time.perf_counter()
         spec = self.split_spec if image_splitting is None else \
             dataclasses.replace(self.split_spec, do_image_splitting=bool(image_splitting))
-        image_of: dict[int, int] = {}  # id(frame) -> index into splits
-        for frame in frames:
-            image_of.setdefault(id(frame), len(image_of))
-        distinct = {id(f): f for f in frames}
-        splits = [split_image(distinct[key], spec) for key in image_of]
-        row_split = [splits[image_of[id(f)]] for f in frames]
+        distinct = {id(f): f for f in frames}  # each frame object once, in first-seen order
+        slot = {key: k for k, key in enumerate(distinct)}
+        row_image = [slot[id(f)] for f in frames]  # row -> index into splits and features
+        splits = [split_image(f, spec) for f in distinct.values()]
+        row_split = [splits[k] for k in row_image]
         prompts = [self.prompt_ids(q, s.rows, s.cols) for q, s in zip(questions, row_split)]
         limit = self.generation.get("max_length")
         longest = max(len(ids) for ids in prompts)
@@ -219,8 +218,8 @@ class Assistant(BundleModel):
             ids[i, longest - len(row):] = row
             mask[i, longest - len(row):] = 1
         embeds = self.embed.run({"input_ids": ids})["inputs_embeds"]
-        for i, frame in enumerate(frames):
-            merge_image_features(embeds[i:i + 1], ids[i].tolist(), features[image_of[id(frame)]], self.image_token_id)
+        for i, k in enumerate(row_image):
+            merge_image_features(embeds[i:i + 1], ids[i].tolist(), features[k], self.image_token_id)
         positions = np.where(mask == 1, mask.cumsum(1) - 1, 1)  # as generate: padding at position 1
         cache = {t.name: np.zeros((rows, int(t.shape[1]), 0, int(t.shape[3])), np.float32) for t in self._past}
         logits = self._step(embeds, mask, positions, cache)
