@@ -327,8 +327,8 @@ def test_bad_requests_get_errors_and_the_server_stays_up(server, client, photos_
 
     frame = photos_bgr["coffee"]
 
-    def send(model: str, inputs: list) -> None:
-        with pytest.raises(ServerError):
+    def send(model: str, inputs: list, why: str) -> None:
+        with pytest.raises(ServerError, match=why):
             client.infer(model, inputs, ["BOXES"] if model == "owl" else ["TEXT"])
 
     def tensor(name, value, dtype):
@@ -339,14 +339,20 @@ def test_bad_requests_get_errors_and_the_server_stays_up(server, client, photos_
     prompts = lambda items: tensor("PROMPTS", np.array([items], dtype=object), "BYTES")  # noqa: E731
     threshold = tensor("THRESHOLD", np.array([[0.1]], np.float32), "FP32")
     image = tensor("IMAGE", frame[None], "UINT8")
-    send("blip", [tensor("IMAGE", frame[None].astype(np.float32), "FP32")])           # wrong dtype
-    send("blip", [tensor("IMAGE", np.zeros((1, 0, 0, 3), np.uint8), "UINT8")])         # empty image
-    with pytest.raises(InputError, match="empty"):  # the client refuses it before Triton's ensemble
-        client.detect(np.zeros((0, 0, 3), np.uint8), ["cup"])                              # would hang on it
-    send("blip", [tensor("IMAGE", np.zeros((1, 9000, 2, 3), np.uint8), "UINT8")])      # too large a side
-    send("owl", [image, prompts([b"x"] * 1000), threshold])                             # 1,000 prompts
-    send("owl", [image, prompts([b"\xff\xfe bad"]), threshold])                         # not UTF-8
-    send("owl", [image, prompts([b"cup"]), tensor("THRESHOLD", np.array([[np.nan]], np.float32), "FP32")])
+    empty, tall = np.zeros((1, 0, 0, 3), np.uint8), np.zeros((1, 9000, 2, 3), np.uint8)
+    send("blip", [tensor("IMAGE", frame[None].astype(np.float32), "FP32")], "FP32|UINT8")  # wrong dtype
+    send("blip", [tensor("IMAGE", empty, "UINT8")], "empty")                           # empty image
+    send("blip", [tensor("IMAGE", tall, "UINT8")], "largest side")                     # too large a side
+    with pytest.raises(InputError, match="empty"):  # the client refuses it before sending
+        client.detect(np.zeros((0, 0, 3), np.uint8), ["cup"])
+    # the detector ensemble: a bad image, bad prompts or both, each refused while the other branch runs
+    send("owl", [tensor("IMAGE", empty, "UINT8"), prompts([b"cup"]), threshold], "empty")
+    send("owl", [tensor("IMAGE", tall, "UINT8"), prompts([b"cup"]), threshold], "largest side")
+    send("owl", [image, prompts([b"x"] * 1000), threshold], "1000 prompts")
+    send("owl", [image, prompts([b"\xff\xfe bad"]), threshold], "not valid UTF-8")
+    send("owl", [tensor("IMAGE", empty, "UINT8"), prompts([b"\xff"]), threshold], "empty")
+    send("owl", [image, prompts([b"cup"]), tensor("THRESHOLD", np.array([[np.nan]], np.float32), "FP32")],
+         "THRESHOLD")
     # a 20000 x 20000 image header with 12 bytes behind it, straight to the HTTP endpoint
     header = json.dumps({"inputs": [{"name": "IMAGE", "shape": [1, 20000, 20000, 3], "datatype": "UINT8",
                                      "parameters": {"binary_data_size": 12}}]}).encode()

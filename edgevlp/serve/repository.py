@@ -229,19 +229,22 @@ def _detector(w: _Writer) -> None:
     pre, prompts, post = (f"{w.name}_{step}" for step in ("preprocess", "prompts", "postprocess"))
     transform = _io("TRANSFORM", "float64", [6])
     embeds = _io("TEXT_EMBEDS", "float32", [-1, *embed_dim])
+    refused = _io("REFUSED", "bytes", [1])  # why a branch's step refused its input ("" if it did not)
     w.python_model(pre, "detector", "detector preprocessing (the bundle's spec, C++ extension)",
-                   inputs=[_image_input()], outputs=[_tensor(pixel_values), transform], batch=b, wait=False,
+                   inputs=[_image_input()], outputs=[_tensor(pixel_values), transform, refused], batch=b, wait=False,
                    parameters={"edgevlp_step": "preprocess"})
     max_prompts = int(w.manifest.target_profile.get("shapes", {}).get("num_queries", [1, 8, 64])[2])
     w.python_model(prompts, "detector", f"prompt sets -> text embeddings through {text_leaf}, cached",
-                   inputs=[_io(PROMPTS, "bytes", [-1])], outputs=[embeds], batch=b, wait=False,
+                   inputs=[_io(PROMPTS, "bytes", [-1])], outputs=[embeds, refused], batch=b, wait=False,
                    parameters={"edgevlp_step": "prompts", "edgevlp_leaves": {"text_encoder": text_leaf},
                                "edgevlp_prompt_cache": w.settings.prompt_cache,
                                "edgevlp_max_prompts": max_prompts})
     heads = [_tensor(t) for t in image.outputs]
     results = [_io(BOXES, "float32", [-1, 4]), _io(SCORES, "float32", [-1]), _io(LABELS, "int64", [-1])]
     w.python_model(post, "detector", "detector post-processing (class head, thresholds, NMS, frame boxes)",
-                   inputs=[*heads, embeds, transform, _io(THRESHOLD, "float32", [1])], outputs=results,
+                   inputs=[*heads, embeds, transform, _io(THRESHOLD, "float32", [1]),
+                           _io("IMAGE_REFUSED", "bytes", [1]), _io("PROMPTS_REFUSED", "bytes", [1])],
+                   outputs=results,
                    batch=b, wait=False, parameters={"edgevlp_step": "postprocess"})
 
     def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
@@ -250,11 +253,14 @@ def _detector(w: _Writer) -> None:
                 "output_map": [{"key": k, "value": v} for k, v in outputs.items()]}
 
     head_names = {t.name: f"head.{t.name}" for t in image.outputs}
-    steps = [step(pre, {IMAGE: IMAGE}, {pixel_values.name: "pixel_values", "TRANSFORM": "transform"}),
+    # no step but postprocess, the join, fails a request: a refusal travels as REFUSED (models.detector)
+    steps = [step(pre, {IMAGE: IMAGE}, {pixel_values.name: "pixel_values", "TRANSFORM": "transform",
+                                        "REFUSED": "image_refused"}),
              step(image_leaf, {pixel_values.name: "pixel_values"}, head_names),
-             step(prompts, {PROMPTS: PROMPTS}, {"TEXT_EMBEDS": "text_embeds"}),
+             step(prompts, {PROMPTS: PROMPTS}, {"TEXT_EMBEDS": "text_embeds", "REFUSED": "prompts_refused"}),
              step(post, {**{k: v for k, v in head_names.items()}, "TEXT_EMBEDS": "text_embeds",
-                         "TRANSFORM": "transform", THRESHOLD: THRESHOLD},
+                         "TRANSFORM": "transform", THRESHOLD: THRESHOLD,
+                         "IMAGE_REFUSED": "image_refused", "PROMPTS_REFUSED": "prompts_refused"},
                   {BOXES: BOXES, SCORES: SCORES, LABELS: LABELS})]
     config = w.config(w.name, inputs=[_image_input(), _io(PROMPTS, "bytes", [-1]), _io(THRESHOLD, "float32", [1])],
                       outputs=results, engine={"platform": "ensemble"}, batch=b, wait=False,
