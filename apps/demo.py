@@ -9,7 +9,8 @@
 4. run the camera app headless on it (captioner + detector together), prompted with the phrases of the
    objects the clip draws, and print where the annotated MP4 and the JSONL log are, the measured FPS,
    three sample captions and how often the app is right on the shape frames: the top detection on a
-   drawn object (IoU >= 0.5) with its phrase, and the caption naming every object's colour and shape;
+   drawn object (IoU >= 0.5) with its phrase, and the caption naming every object's colour and shape
+   (as shown on the frame, and on the frame it was made from; the clip plays at its own 15 fps);
 5. export demo-smolvlm (FP32) and run the app again with it beside the detector, asking "how many shapes
    are there?" about every frame: print sample answers and how often the answer is right on the shape
    frames.
@@ -30,7 +31,10 @@ import numpy as np
 OUT = Path("demo-out")
 RECIPES = Path("recipes")
 FLAGSHIP = RECIPES / "prune30-kd-int8.toml"
-SCENE_SIZE, CLIP_SIZE, HOLD = 224, (640, 480), 5
+#: each scene is held one second of a 15 fps clip, played at that rate (``--fps-limit``) as a live camera
+#: delivers it: a caption lags its frame by the time it takes, which a clip read as fast as the app can
+#: (40+ FPS, 5 frames a scene) turned into the previous scene's caption on most frames
+SCENE_SIZE, CLIP_SIZE, CLIP_FPS, HOLD = 224, (640, 480), 15, 15
 
 
 def say(text: str) -> None:
@@ -97,7 +101,7 @@ def make_clip(path: Path, scenes: list, size: tuple[int, int] = CLIP_SIZE, hold:
 
     frames = [np.ascontiguousarray(s.image[..., ::-1]) for s in scenes]
     frames += [np.ascontiguousarray(getattr(photos, n)()[..., ::-1]) for n in ("astronaut", "coffee", "chelsea")]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, size)
     count = 0
     for frame in frames:
         resized = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
@@ -108,14 +112,15 @@ def make_clip(path: Path, scenes: list, size: tuple[int, int] = CLIP_SIZE, hold:
     return count
 
 
-def right_on_scenes(lines: list[dict], scenes: list, hold: int = HOLD) -> tuple[float, float, int]:  # type: ignore[type-arg]
-    """Fractions of the logged shape-scene frames whose top detection is right (IoU >= 0.5 with a
-    drawn object, its phrase) and whose caption names every object's colour-shape pair (no other)."""
+def right_on_scenes(lines: list[dict], scenes: list, hold: int = HOLD) -> dict[str, float]:  # type: ignore[type-arg]
+    """On the logged shape-scene frames: the fraction whose top detection is right (IoU >= 0.5 with a
+    drawn object, its phrase), whose caption as shown names every object's colour-shape pair (no other),
+    the same for the caption judged on the frame it was made from, and the captions' mean lag in frames."""
     from edgevlp.data import parse_caption
     from edgevlp.eval.metrics import top_detection_right
 
     sx, sy = CLIP_SIZE[0] / SCENE_SIZE, CLIP_SIZE[1] / SCENE_SIZE
-    boxes_right = captions_right = frames = 0
+    boxes = shown = made = lag = frames = 0
     for line in lines:
         index = line["source_frame"] // hold
         if index >= len(scenes):
@@ -123,34 +128,48 @@ def right_on_scenes(lines: list[dict], scenes: list, hold: int = HOLD) -> tuple[
         objects = [([o.box_xyxy[0] * sx, o.box_xyxy[1] * sy, o.box_xyxy[2] * sx, o.box_xyxy[3] * sy], o.phrase)
                    for o in scenes[index].objects]
         frames += 1
-        boxes_right += top_detection_right(line.get("detections") or [], objects)
+        boxes += top_detection_right(line.get("detections") or [], objects)
         said = {(m.colour, m.shape) for m in parse_caption(line.get("caption") or "").mentions}
-        captions_right += said == {(o.colour, o.shape) for o in scenes[index].objects}
-    return boxes_right / max(frames, 1), captions_right / max(frames, 1), frames
+        shown += said == _pairs(scenes, index)
+        source = line.get("caption_frame", line["source_frame"])
+        made += said == _pairs(scenes, source // hold)
+        lag += line["source_frame"] - source
+    n = max(frames, 1)
+    return {"frames": frames, "boxes": boxes / n, "captions": shown / n, "captions_made": made / n,
+            "lag": lag / n}
+
+
+def _pairs(scenes: list, index: int) -> set[tuple[str, str]]:  # type: ignore[type-arg]
+    return {(o.colour, o.shape) for o in scenes[index].objects} if index < len(scenes) else set()
 
 
 QUESTION = "how many shapes are there?"
 
 
-def answers_right(lines: list[dict], scenes: list, hold: int = HOLD) -> tuple[float, int]:  # type: ignore[type-arg]
-    """Fraction of the logged shape-scene frames whose answer to :data:`QUESTION` is the object count."""
+def answers_right(lines: list[dict], scenes: list, hold: int = HOLD) -> tuple[float, float, int]:  # type: ignore[type-arg]
+    """Fractions of the logged shape-scene frames whose answer to :data:`QUESTION` is the object count
+    of the frame shown, and of the frame the answer was made from."""
     from edgevlp.data.questions import NUMBER_WORDS, normalize_answer
 
-    right = frames = 0
+    shown = made = frames = 0
     for line in lines:
         index = line["source_frame"] // hold
         if index >= len(scenes) or not line.get("caption"):
             continue
         frames += 1
-        right += normalize_answer(line["caption"]) == NUMBER_WORDS[len(scenes[index].objects)]
-    return right / max(frames, 1), frames
+        answer = normalize_answer(line["caption"])
+        source = line.get("caption_frame", line["source_frame"]) // hold
+        shown += answer == NUMBER_WORDS[len(scenes[index].objects)]
+        made += source < len(scenes) and answer == NUMBER_WORDS[len(scenes[source].objects)]
+    return shown / max(frames, 1), made / max(frames, 1), frames
 
 
 def ask_demo(cli, assistant: Path, detector: Path, clip: Path, prompts: list[str], scenes: list) -> int:  # type: ignore[no-untyped-def,type-arg]
     say(f"camera app, headless: assistant + detector on the clip, asking {QUESTION!r} about every frame")
     run_dir = OUT / "run-ask"
     code = cli(["run", str(assistant), str(detector), "--source", str(clip), "--headless", "--output",
-                str(run_dir), "--prompts", ", ".join(prompts), "--ask", QUESTION, "--ask-every", "0", "--force"])
+                str(run_dir), "--prompts", ", ".join(prompts), "--ask", QUESTION, "--ask-every", "0",
+                "--fps-limit", str(CLIP_FPS), "--force"])
     if code != 0:
         return code
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -164,8 +183,9 @@ def ask_demo(cli, assistant: Path, detector: Path, clip: Path, prompts: list[str
             shown.add(index)
             print(f"  frame {line['source_frame']}: {', '.join(o.phrase for o in scenes[index].objects)} "
                   f"-> {QUESTION!r} {line['caption']!r}")
-    right, frames = answers_right(lines, scenes)
-    print(f"answer right on {right:.0%} of the {frames} shape-scene frames (the number of drawn objects)")
+    shown, made, frames = answers_right(lines, scenes)
+    print(f"answer right on {shown:.0%} of the {frames} shape-scene frames as shown (the number of drawn "
+          f"objects), {made:.0%} on the frame it was made from")
     return 0
 
 
@@ -193,7 +213,8 @@ def main() -> int:
         "of the objects it draws")
     run_dir = OUT / "run"
     code = cli(["run", str(bundles["caption"]), str(bundles["detect"]), "--source", str(clip), "--headless",
-                "--output", str(run_dir), "--prompts", ", ".join(prompts), "--caption-every", "0", "--force"])
+                "--output", str(run_dir), "--prompts", ", ".join(prompts), "--caption-every", "0",
+                "--fps-limit", str(CLIP_FPS), "--force"])
     if code != 0:
         return code
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -209,9 +230,11 @@ def main() -> int:
     print("sample captions:")
     for text in captions[:: max(1, len(captions) // 3)][:3]:
         print(f"  - {text}")
-    boxes_right, captions_right, frames = right_on_scenes(lines, scenes)
-    print(f"right on the {frames} shape-scene frames: top detection {boxes_right:.0%} (on a drawn object, "
-          f"IoU >= 0.5, its phrase); caption {captions_right:.0%} (every object's colour and shape, no other)")
+    right = right_on_scenes(lines, scenes)
+    print(f"right on the {right['frames']} shape-scene frames: top detection {right['boxes']:.0%} (on a drawn "
+          f"object, IoU >= 0.5, its phrase); caption as shown {right['captions']:.0%} (every object's colour "
+          f"and shape, no other), {right['captions_made']:.0%} on the frame it was made from (it lags "
+          f"{right['lag']:.1f} frames on average)")
     say(f"export {names['vqa']} -> cpu bundle (FP32)")
     assistant = export(cli, names["vqa"], f"{Path(names['vqa']).name}-cpu-fp32", precision="fp32")
     code = ask_demo(cli, assistant, bundles["detect"], clip, prompts, scenes)
