@@ -13,7 +13,8 @@ from edgevlp.compress import (DistillConfig, PruneConfig, QuantConfig, Recipe, l
 from edgevlp.compress.recipe import to_toml
 from edgevlp.errors import NotAvailableYet, RecipeError
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*.toml")) + sorted((ROOT / "benchmarks" / "recipes").glob("*.toml"))
 
 
 def test_shipped_recipes_exist() -> None:
@@ -27,6 +28,15 @@ def test_shipped_recipe_loads_and_round_trips(path: Path) -> None:
     assert recipe.name == path.stem and recipe.version == 1
     assert Recipe.from_dict(recipe.to_dict()) == recipe
     assert Recipe.from_dict(tomllib.loads(to_toml(recipe))) == recipe
+
+
+def test_structure_recipe_is_its_recipe_without_distillation() -> None:
+    """benchmarks/recipes/smolvlm-prune-int4-structure.toml times smolvlm-prune-kd-int4's model at real
+    size: the same stages, settings and all, but the distillation."""
+    full = load_recipe(ROOT / "recipes" / "smolvlm-prune-kd-int4.toml")
+    structure = load_recipe(ROOT / "benchmarks" / "recipes" / "smolvlm-prune-int4-structure.toml")
+    assert [s for s in full.stages if not isinstance(s, DistillConfig)] == list(structure.stages)
+    assert any(isinstance(s, DistillConfig) for s in full.stages)
 
 
 def test_flagship_order() -> None:
