@@ -42,7 +42,7 @@ def test_structure_recipe_is_its_recipe_without_distillation() -> None:
 def test_flagship_order() -> None:
     r = load_recipe(next(p for p in RECIPES if p.stem == "prune30-kd-int8"))
     assert r.stage_names() == ["prune", "distill", "quant"]
-    assert r.stages[0].ratio == 0.3 and r.quant is not None and r.quant.fallback.min_cosine == 0.99
+    assert r.stages[0].ratio == 0.3 and r.quant is not None and r.quant.fallback.min_cosine == 0.9995
 
 
 def _write(tmp_path: Path, text: str) -> Path:
