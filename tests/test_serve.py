@@ -61,11 +61,16 @@ def install():
 @pytest.fixture(scope="module")
 def repos(exported, tmp_path_factory):
     from edgevlp.serve import write_repository
+    from edgevlp.serve.repository import ServeSettings
 
     root = tmp_path_factory.mktemp("triton")
     out = {}
-    for task, arch, name in (("caption", BLIP, "blip"), ("detect", OWL, "owl"), ("vqa", VLM, "vlm")):
-        write_repository(exported(arch), root / task, leaf="python", name=name)
+    # the VLM's batcher waits up to 0.2 s to fill a batch: concurrent questions from 8 test threads on
+    # two cores arrive milliseconds apart, and with the profile's 2 ms each could find the model idle
+    vlm = ServeSettings(queue_delay_us=200_000)
+    for task, arch, name, settings in (("caption", BLIP, "blip", None), ("detect", OWL, "owl", None),
+                                       ("vqa", VLM, "vlm", vlm)):
+        write_repository(exported(arch), root / task, leaf="python", name=name, settings=settings)
         out[task] = root / task
     return out
 
@@ -264,14 +269,16 @@ def test_concurrent_clients_are_batched(server, photos_bgr):
               _metric(server, "nv_inference_exec_count", "blip_vision_encoder"))
     errors: list[BaseException] = []
 
-    def one() -> None:
+    def one(client, start: threading.Barrier) -> None:  # type: ignore[no-untyped-def]
         try:
-            Client(server.grpc_url).caption(frame, max_new_tokens=4)
+            start.wait()
+            client.caption(frame, max_new_tokens=4)
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 
     for _ in range(3):
-        threads = [threading.Thread(target=one) for _ in range(8)]
+        clients, start = [Client(server.grpc_url) for _ in range(8)], threading.Barrier(8)
+        threads = [threading.Thread(target=one, args=(c, start)) for c in clients]
         for t in threads:
             t.start()
         for t in threads:
@@ -298,11 +305,16 @@ def test_concurrent_questions_are_batched_and_answer_as_alone(server, exported, 
     before = (_metric(server, "nv_inference_count", "vlm"), _metric(server, "nv_inference_exec_count", "vlm"))
     got: dict[int, list[int]] = {}
     errors: list[BaseException] = []
+    # connected first and released together: requests that trickle in while each connects would each
+    # find the model idle and run alone
+    clients = [Client(server.grpc_url) for _ in asks]
+    start = threading.Barrier(len(asks))
 
     def one(k: int) -> None:
         photo, question, budget = asks[k]
         try:
-            got[k] = Client(server.grpc_url).ask(photos_bgr[photo], question, max_new_tokens=budget).token_ids
+            start.wait()
+            got[k] = clients[k].ask(photos_bgr[photo], question, max_new_tokens=budget).token_ids
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 

@@ -227,10 +227,11 @@ def load_test(url: str, streams: Sequence[int] = (1, 2, 4, 8, 16, 32), *, second
             entry = served["detect"]
             ok = _delta(after, before, "nv_inference_request_success", entry)
             if ok:
-                row.queue_ms = _delta(after, before, "nv_inference_queue_duration_us", leaf) / max(
-                    _delta(after, before, "nv_inference_request_success", leaf), 1) / 1e3
-                row.compute_ms = _delta(after, before, "nv_inference_compute_infer_duration_us", leaf) / max(
-                    _delta(after, before, "nv_inference_exec_count", leaf), 1) / 1e3
+                # Triton adds an execution's duration once for every request in it: per request, the
+                # compute sum is the mean time of the execution a request ran in
+                requests = max(_delta(after, before, "nv_inference_request_success", leaf), 1)
+                row.queue_ms = _delta(after, before, "nv_inference_queue_duration_us", leaf) / requests / 1e3
+                row.compute_ms = _delta(after, before, "nv_inference_compute_infer_duration_us", leaf) / requests / 1e3
                 execs = _delta(after, before, "nv_inference_exec_count", leaf)
                 row.batch = _delta(after, before, "nv_inference_count", leaf) / execs if execs else float("nan")
             rows.append(row)

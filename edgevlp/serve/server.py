@@ -177,7 +177,7 @@ class TritonServer:
                 self._cleanup()
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} while starting; "
                                   f"its log ends:\n{self.log_tail(25)}")
-            if self.ready():
+            if self.ready() and self._answers(self.metrics_url):  # metrics start after HTTP and gRPC
                 return self
             time.sleep(0.25)
         self.stop()
@@ -192,8 +192,12 @@ class TritonServer:
                 self.on_log(line)
 
     def ready(self) -> bool:
+        return self._answers(f"{self.http_url}/v2/health/ready")
+
+    @staticmethod
+    def _answers(url: str) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
