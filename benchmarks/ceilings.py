@@ -17,24 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from collections.abc import Callable
 
 import numpy as np
+from vqa import best_ms  # benchmarks/ is the script's folder
 
 #: GEMM shapes (M, K, N) of SigLIP-B/16 at one 512 px tile: the MLP's up projection and the attention's
 #: QKV projection, 1024 patches.
 GEMMS = ((1024, 768, 3072), (1024, 768, 768))
-
-
-def _best_ms(call: Callable[[], object], repeats: int) -> float:
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
 
 
 def _cpu() -> str:
@@ -58,7 +48,7 @@ def gemm_rates(threads: int, repeats: int) -> dict[str, dict[tuple[int, int, int
         b = rng.standard_normal((k, n), dtype=np.float32)
         gflop = 2 * m * k * n / 1e9
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        rates["torch"][(m, k, n)] = gflop / _best_ms(lambda: ta @ tb, repeats) * 1e3
+        rates["torch"][(m, k, n)] = gflop / best_ms(lambda: ta @ tb, repeats) * 1e3
         graph = helper.make_graph(
             [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
             [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
@@ -67,7 +57,7 @@ def gemm_rates(threads: int, repeats: int) -> dict[str, dict[tuple[int, int, int
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        rates["onnxruntime"][(m, k, n)] = gflop / _best_ms(lambda: sess.run(None, {"a": a}), repeats) * 1e3
+        rates["onnxruntime"][(m, k, n)] = gflop / best_ms(lambda: sess.run(None, {"a": a}), repeats) * 1e3
         try:
             import openvino as ov
 
@@ -75,7 +65,7 @@ def gemm_rates(threads: int, repeats: int) -> dict[str, dict[tuple[int, int, int
             compiled = core.compile_model(core.read_model(model.SerializeToString()), "CPU", {
                 "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
             request = compiled.create_infer_request()
-            rates["openvino f32"][(m, k, n)] = gflop / _best_ms(lambda: request.infer({0: a}), repeats) * 1e3
+            rates["openvino f32"][(m, k, n)] = gflop / best_ms(lambda: request.infer({0: a}), repeats) * 1e3
         except ImportError:
             rates.pop("openvino f32", None)
     return rates
@@ -88,7 +78,7 @@ def read_bandwidth(threads: int, repeats: int, mib: int = 1024) -> float:
 
     torch.set_num_threads(threads)
     x = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
-    ms = _best_ms(lambda: x.sum(), repeats)
+    ms = best_ms(lambda: x.sum(), repeats)
     return x.numel() * 4 / ms / 1e6
 
 
@@ -114,8 +104,8 @@ def answer_work(model: str, photo: str, question: str, threads: int) -> dict[str
         ref(1)
     adapter.model.set_attn_implementation(default)
     n = 32
-    t1 = _best_ms(lambda: ref(1), 3)
-    tn = _best_ms(lambda: ref(n), 2)
+    t1 = best_ms(lambda: ref(1), 3)
+    tn = best_ms(lambda: ref(n), 2)
     text = adapter.model.model.text_model
     embed = text.get_input_embeddings().weight
     head = adapter.model.get_output_embeddings()
@@ -148,7 +138,7 @@ def matmul_chain_ms(shapes: list[tuple[int, int]], threads: int, repeats: int) -
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {f"x{k}": np.ones((1, k), np.float32) for k in dims}
-    return _best_ms(lambda: sess.run(None, feeds), repeats)
+    return best_ms(lambda: sess.run(None, feeds), repeats)
 
 
 def main() -> None:

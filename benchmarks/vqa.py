@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 
-def _ms(call, repeats: int = 1) -> float:  # type: ignore[no-untyped-def]
+def best_ms(call, repeats: int = 1) -> float:  # type: ignore[no-untyped-def]
     """The fastest of ``repeats`` calls, in ms (both sides get the same count)."""
     best = float("inf")
     for _ in range(repeats):
@@ -69,7 +69,7 @@ def main() -> None:
     for split in {"one": (False,), "split": (True,), "both": (False, True)}[args.images]:
         ref = lambda k: adapter.answer_ids(rgb, q, k, splitting=split, min_new_tokens=k)  # noqa: E731
         ref(2)  # warm-up
-        h_n, h_1 = _ms(lambda: ref(n), args.repeats), _ms(lambda: ref(1), args.repeats)
+        h_n, h_1 = best_ms(lambda: ref(n), args.repeats), best_ms(lambda: ref(1), args.repeats)
         h_rate = (n - 1) / (h_n - h_1) * 1e3 if h_n > h_1 else float("nan")  # below the noise of t_n and t_1
         rows = []
         for bundle in args.bundles:
@@ -89,7 +89,7 @@ def main() -> None:
                     nonlocal answer
                     answer = ask(n)
 
-                o_n, o_1 = _ms(run, args.repeats), _ms(lambda: ask(1), args.repeats)
+                o_n, o_1 = best_ms(run, args.repeats), best_ms(lambda: ask(1), args.repeats)
                 o_rate = (n - 1) / (o_n - o_1) * 1e3 if o_n > o_1 else float("nan")
                 t = answer.timings  # type: ignore[union-attr]
                 rows.append(f"| {bundle} | {backend} {manifest.precision} | {answer.images} | {answer.prompt_tokens} | "  # type: ignore[union-attr]
