@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-from collections.abc import Callable
 
 import numpy as np
 from vqa import best_ms  # benchmarks/ is the script's folder
 
+from edgevlp._machine import cpu_name
+
 #: GEMM shapes (M, K, N) of SigLIP-B/16 at one 512 px tile: the MLP's up projection and the attention's
 #: QKV projection, 1024 patches.
 GEMMS = ((1024, 768, 3072), (1024, 768, 768))
-
-
-def _cpu() -> str:
-    for line in open("/proc/cpuinfo").read().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def gemm_rates(threads: int, repeats: int) -> dict[str, dict[tuple[int, int, int], float]]:
@@ -151,7 +144,7 @@ def main() -> None:
     p.add_argument("--target", type=float, default=3.0, help="the speed-up to check (default 3x)")
     args = p.parse_args()
 
-    print(f"machine: {_cpu()}, {os.cpu_count()} CPUs; {args.threads} threads\n")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; {args.threads} threads\n")
     rates = gemm_rates(args.threads, args.repeats)
     print("| FP32 GEMM (M x K x N) | " + " | ".join(rates) + " |")
     print("|---|" + "---|" * len(rates))

@@ -19,22 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from edgevlp._machine import cpu_name
 
 
 def parity(client, bundles: dict[str, Path]) -> dict[str, bool]:
@@ -110,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                               f"{r.detect_p99:.0f} ms, dropped {r.dropped}, caption p99 "
                                               f"{r.caption_p99:.0f} ms, batch {r.batch:.2f}", flush=True))
     on, off = max_streams(results["batching on"]), max_streams(results["batching off"])
-    lines = [f"Triton load test on {_cpu()} ({os.cpu_count()} CPUs), tritonserver from nvidia-pytriton, "
+    lines = [f"Triton load test on {cpu_name()} ({os.cpu_count()} CPUs), tritonserver from nvidia-pytriton, "
              f"--leaf python; detector {args.detector}, captioner {args.captioner}; 640x480 frames; detection at "
              f"5 fps per camera, the first {args.caption_streams} cameras also caption every 2 s; "
              f"{args.seconds:.0f} s per row.", ""]

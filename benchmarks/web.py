@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevlp._machine import cpu_name
+
 
 def _viewers(url: str, n: int, stalled: bool, seconds: float, out: mp.Queue) -> None:
     import aiohttp
@@ -152,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows[name] = r
     base = rows["headless"]["fps"]
     three, stall = rows["3 viewers"], rows["3 viewers + 1 stalled"]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")
+    cpu = cpu_name()
     lines = [f"web viewer cost on {cpu} ({os.cpu_count()} CPUs), demo-owlvit on 24 shape scenes (640x480, looped, "
              f"unthrottled), {args.seconds:.0f} s per run, each mode run {args.repeats} times (ABC CBA ..., the fastest "
              "run shown), "

@@ -12,6 +12,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from edgevlp._machine import cpu_name
 from edgevlp.tasks import get_task
 
 __all__ = ["environment", "write_card", "record_eval", "read_card_data"]
@@ -65,18 +66,10 @@ def environment() -> dict[str, Any]:
     from edgevlp import __version__
     from edgevlp.data.vocab import GENERATOR_VERSION
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {"edgevlp": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "numpy": numpy.__version__, "python": platform.python_version(),
             "shape_generator_version": GENERATOR_VERSION,
-            "machine": f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores",
+            "machine": f"{platform.system()} {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores",
             "torch_threads": torch.get_num_threads()}
 
 
